@@ -1,0 +1,456 @@
+"""Stage received instances: spool to local disk, upload, index in batches, render previews.
+
+The C-STORE answer waits only for the durable spool file. Uploading, indexing and preview
+rendering run on their own threads (and a separate process for rendering), so they never
+slow the association. A spooled file is deleted only once it is in the object store, in
+the index and previewed; after a crash, whatever is left in the spool is staged again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from multiprocessing import get_context
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_ingest import previews
+from dicom_ingest.meta import UndecodableInstance, read_meta_file
+from zorgbericht.audit import service as audit
+from zorgbericht.db import transaction, utcnow
+from zorgbericht.settings import Settings
+from zorgbericht.staging import service as staging
+from zorgbericht.staging.models import PreviewState
+from zorgbericht.staging.schemas import InstanceMeta, StoredInstance
+from zorgbericht.storage import ObjectStore, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+PREAMBLE = bytes(128)
+
+
+class StorageDown(RuntimeError):
+    """The object store or the spool cannot take instances now (answer 0xA700)."""
+
+
+@dataclass
+class Batch:
+    """Instances that arrived together: one association, or one import run."""
+
+    tenant_id: int
+    actor: audit.Actor
+    kind: str = "association"
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    studies: Counter[str] = field(default_factory=Counter)
+    study_bytes: Counter[str] = field(default_factory=Counter)
+    patients: dict[str, InstanceMeta] = field(default_factory=dict)
+    pending: int = 0
+    ended: str | None = None  # "released" or "aborted"
+    finalized: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Item:
+    tenant_id: int
+    path: Path
+    meta: InstanceMeta
+    batch: Batch | None
+    object_key: str = ""
+    size: int = 0
+    sha256: str = ""
+    instance_id: int | None = None
+
+
+class Pipeline:
+    """Owns the spool and the background threads of one ingest node."""
+
+    def __init__(
+        self, *, settings: Settings, store: ObjectStore, sessions: sessionmaker[Session]
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sessions = sessions
+        self.spool = settings.spool_dir
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._uploads: queue.Queue[Item | None] = queue.Queue()
+        self._index: queue.Queue[Item | None] = queue.Queue()
+        self._previews: queue.Queue[tuple[Item | None, Future[previews.Rendered]] | None] = (
+            queue.Queue())
+        self._active: Counter[tuple[int, str]] = Counter()  # (tenant, study) -> open users
+        self._open_batches: list[Batch] = []
+        self._in_flight = 0
+        self._spool_bytes = 0
+        self._storage_ok_until = 0.0
+        self._storage_down_reason: str | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._renderer = ProcessPoolExecutor(
+            max_workers=max(1, settings.preview_processes), mp_context=get_context("spawn"))
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker threads and re-stage whatever a previous run left in the spool."""
+        workers: list[tuple[str, Callable[[], None]]] = [
+            *((f"zb-upload-{i}", self._upload_loop) for i in range(self.settings.upload_threads)),
+            ("zb-index", self._index_loop),
+            ("zb-previews", self._preview_loop),
+            ("zb-heartbeat", self._heartbeat_loop),
+        ]
+        for name, target in workers:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._recover_spool()
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.drain(timeout)
+        self._stop.set()
+        for _ in range(self.settings.upload_threads):
+            self._uploads.put(None)
+        self._index.put(None)
+        self._previews.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._renderer.shutdown(wait=True, cancel_futures=True)
+
+    def drain(self, timeout: float = 60.0) -> bool:
+        """Wait until everything accepted so far is uploaded, indexed and previewed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._in_flight == 0:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    # -- accepting ---------------------------------------------------------------------
+
+    def open_batch(self, *, tenant_id: int, actor: audit.Actor, kind: str = "association") -> Batch:
+        batch = Batch(tenant_id=tenant_id, actor=actor, kind=kind)
+        with self._lock:
+            self._open_batches.append(batch)
+        return batch
+
+    def check_storage(self) -> None:
+        """Raise ``StorageDown`` unless the object store answered recently (cached 2 s)."""
+        if time.monotonic() < self._storage_ok_until:
+            return
+        try:
+            self.store.check()
+        except StorageUnavailable as exc:
+            self._storage_down_reason = str(exc)
+            raise StorageDown(str(exc)) from exc
+        self._storage_down_reason = None
+        self._storage_ok_until = time.monotonic() + 2.0
+
+    def accept(self, batch: Batch, meta: InstanceMeta, data: bytes) -> None:
+        """Make one Part 10 byte stream durable in the spool and queue it for staging.
+
+        Returns once the spool file is written (and fsynced when configured); raises
+        ``StorageDown`` when the store is unreachable or the spool is full, in which case
+        nothing of the instance is kept.
+        """
+        if self._storage_down_reason is not None:
+            self.check_storage()
+        if self._spool_bytes + len(data) > self.settings.spool_max_bytes:
+            raise StorageDown("spool is full")
+        self._enqueue(batch, meta, self._spool_write(batch.tenant_id, data), len(data))
+
+    def _enqueue(self, batch: Batch, meta: InstanceMeta, path: Path, size: int) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._spool_bytes += size
+            batch.pending += 1
+            if batch.studies[meta.study_uid] == 0:
+                self._active[(batch.tenant_id, meta.study_uid)] += 1
+            batch.studies[meta.study_uid] += 1
+            batch.study_bytes[meta.study_uid] += size
+            batch.patients.setdefault(meta.study_uid, meta)
+        self._uploads.put(Item(batch.tenant_id, path, meta, batch, size=size))
+
+    def _spool_write(self, tenant_id: int, data: bytes) -> Path:
+        folder = self.spool / str(tenant_id)
+        folder.mkdir(exist_ok=True)
+        final = folder / f"{uuid.uuid4().hex}.dcm"
+        tmp = final.with_suffix(".part")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                if self.settings.spool_fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageDown(f"spool: {exc.strerror}") from exc
+        return final
+
+    def end_batch(self, batch: Batch, *, aborted: bool) -> None:
+        """Close a batch; its audit summary is written once all its instances are indexed."""
+        with self._lock:
+            batch.ended = "aborted" if aborted else "released"
+            ready = batch.pending == 0
+        if ready:
+            self._index.put(Item(batch.tenant_id, Path(), _MARKER, batch))
+
+    # -- upload ------------------------------------------------------------------------
+
+    def _upload_loop(self) -> None:
+        while (item := self._uploads.get()) is not None:
+            backoff = 0.2
+            while not self._stop.is_set():
+                try:
+                    self._upload(item)
+                    break
+                except StorageUnavailable as exc:
+                    self._storage_down_reason = str(exc)
+                    self._storage_ok_until = 0.0
+                    log.warning("object store unavailable (%s); retrying in %.1fs", exc, backoff)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+            else:
+                return
+            self._index.put(item)
+
+    def _upload(self, item: Item) -> None:
+        digest = hashlib.sha256()
+        with open(item.path, "rb") as fh:
+            while chunk := fh.read(1024 * 1024):
+                digest.update(chunk)
+        item.sha256 = digest.hexdigest()
+        item.size = item.path.stat().st_size
+        item.object_key = staging.instance_key(item.tenant_id, item.meta.study_uid,
+                                               item.meta.sop_uid)
+        self.store.put_file(item.object_key, item.path, "application/dicom")
+        self._storage_down_reason = None
+
+    # -- index -------------------------------------------------------------------------
+
+    def _index_loop(self) -> None:
+        while True:
+            first = self._index.get()
+            if first is None:
+                return
+            chunk = [first]
+            while len(chunk) < 500:
+                try:
+                    nxt = self._index.get(timeout=0.05 if len(chunk) < 50 else 0)
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._index.put(None)
+                    break
+                chunk.append(nxt)
+            self._index_with_retry(chunk)
+
+    def _index_with_retry(self, chunk: list[Item]) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                pending = self._index_chunk(chunk)
+                break
+            except Exception:  # database down or busy: keep the spool, try again
+                log.exception("indexing %d instances failed; retrying in %.1fs", len(chunk), backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        else:
+            return
+        self._after_index(chunk, pending)
+
+    def _index_chunk(self, chunk: list[Item]) -> dict[tuple[int, str], int]:
+        now = utcnow()
+        pending: dict[tuple[int, str], int] = {}
+        with transaction(self.sessions) as session:
+            by_tenant: dict[int, list[StoredInstance]] = {}
+            for item in chunk:
+                if item.meta is not _MARKER:
+                    by_tenant.setdefault(item.tenant_id, []).append(StoredInstance(
+                        item.meta, item.object_key, item.size, item.sha256))
+            for tenant_id, stored in by_tenant.items():
+                ids = staging.index_instances(session=session, tenant_id=tenant_id,
+                                              items=stored, now=now)
+                pending.update({(tenant_id, sop): i for sop, i in ids.items()})
+            for item in chunk:
+                if item.meta is _MARKER and item.batch is not None:
+                    self._finalize(session, item.batch)
+        return pending
+
+    def _after_index(self, chunk: list[Item], pending: dict[tuple[int, str], int]) -> None:
+        for item in chunk:
+            if item.meta is _MARKER:
+                if item.batch is not None:
+                    self._release_studies(item.batch)
+                    item.batch.finalized.set()
+                continue
+            instance_id = pending.get((item.tenant_id, item.meta.sop_uid))
+            if instance_id is None:
+                self._done(item)
+            else:
+                item.instance_id = instance_id
+                future = self._renderer.submit(previews.render_file, str(item.path))
+                self._previews.put((item, future))
+            self._batch_progress(item.batch)
+
+    def _batch_progress(self, batch: Batch | None) -> None:
+        if batch is None:
+            return
+        with self._lock:
+            batch.pending -= 1
+            ready = batch.pending == 0 and batch.ended is not None
+        if ready:
+            self._index.put(Item(batch.tenant_id, Path(), _MARKER, batch))
+
+    def _finalize(self, session: Session, batch: Batch) -> None:
+        """Write the batch's audit summary: one event per study, as DICOM audit does."""
+        aborted = batch.ended == "aborted"
+        event = audit.Ev.study_imported if batch.kind == "import" else audit.Ev.instances_received
+        for study_uid, count in batch.studies.items():
+            meta = batch.patients[study_uid]
+            audit.record(
+                session=session, event=event, actor=batch.actor, tenant_id=batch.tenant_id,
+                outcome=audit.Outcome.minor_failure if aborted else audit.Outcome.success,
+                patient_id=meta.patient_id, bsn=meta.bsn, study_uids=[study_uid],
+                details={"instances": count, "bytes": batch.study_bytes[study_uid],
+                         "batch": batch.id, "ended": batch.ended},
+            )
+        staging.set_interrupted(session=session, tenant_id=batch.tenant_id,
+                                study_uids=batch.studies, interrupted=aborted)
+
+    def _release_studies(self, batch: Batch) -> None:
+        with self._lock:
+            for study_uid in batch.studies:
+                key = (batch.tenant_id, study_uid)
+                self._active[key] -= 1
+                if self._active[key] <= 0:
+                    del self._active[key]
+            if batch in self._open_batches:
+                self._open_batches.remove(batch)
+
+    # -- previews ----------------------------------------------------------------------
+
+    def _preview_loop(self) -> None:
+        while (entry := self._previews.get()) is not None:
+            item, future = entry
+            try:
+                self._store_previews(item, future)
+            except Exception:
+                log.exception("storing previews failed")
+            if item is not None:
+                self._done(item)
+
+    def _store_previews(self, item: Item | None, future: Future[previews.Rendered]) -> None:
+        assert item is not None and item.instance_id is not None
+        instance_id, object_key = item.instance_id, item.object_key
+        try:
+            rendered = future.result()
+        except Exception as exc:  # a crashed renderer must not stop the pipeline
+            rendered = previews.Rendered(error=f"renderer failed: {type(exc).__name__}")
+        state = PreviewState.failed if rendered.error else PreviewState.done
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                for kind, frame, jpeg in rendered.images:
+                    self.store.put_bytes(staging.preview_key(object_key, kind, frame), jpeg,
+                                         "image/jpeg")
+                with transaction(self.sessions) as session:
+                    staging.mark_previews(session=session,
+                                          results=[(instance_id, state, rendered.error)])
+                return
+            except Exception:
+                log.exception("saving previews failed; retrying in %.1fs", backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _done(self, item: Item) -> None:
+        item.path.unlink(missing_ok=True)
+        with self._lock:
+            self._in_flight -= 1
+            self._spool_bytes -= item.size
+
+    # -- heartbeat and recovery --------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        interval = max(0.2, min(5.0, self.settings.study_quiet_seconds / 3))
+        while not self._stop.wait(interval):
+            with self._lock:
+                active = list(self._active)
+            by_tenant: dict[int, list[str]] = {}
+            for tenant_id, study_uid in active:
+                by_tenant.setdefault(tenant_id, []).append(study_uid)
+            try:
+                with transaction(self.sessions) as session:
+                    for tenant_id, uids in by_tenant.items():
+                        staging.touch_studies(session=session, tenant_id=tenant_id,
+                                              study_uids=uids, now=utcnow())
+            except Exception:
+                log.exception("heartbeat failed")
+            self._sweep_stale_previews()
+
+    def _sweep_stale_previews(self) -> None:
+        """Re-render previews left pending by a crashed node (from the object store)."""
+        # Only when this node is idle, so the sweep never races its own queue.
+        with self._lock:
+            if self._in_flight:
+                return
+        try:
+            with transaction(self.sessions) as session:
+                stale = staging.stale_pending_previews(
+                    session=session, older_than=utcnow() - timedelta(seconds=60), limit=50)
+                for instance_id in stale:
+                    rendered = self._render_from_store(session, instance_id)
+                    staging.mark_previews(session=session, results=[
+                        (instance_id, PreviewState.failed if rendered.error else PreviewState.done,
+                         rendered.error)])
+        except Exception:
+            log.exception("preview sweep failed")
+
+    def _render_from_store(self, session: Session, instance_id: int) -> previews.Rendered:
+        from zorgbericht.staging.models import Instance
+
+        instance = session.get(Instance, instance_id)
+        assert instance is not None
+        tmp = self.spool / f"sweep-{uuid.uuid4().hex}.tmp"
+        try:
+            tmp.write_bytes(self.store.get_bytes(instance.object_key))
+            rendered = self._renderer.submit(previews.render_file, str(tmp)).result()
+            for kind, frame, jpeg in rendered.images:
+                self.store.put_bytes(staging.preview_key(instance.object_key, kind, frame),
+                                     jpeg, "image/jpeg")
+            return rendered
+        except KeyError:
+            return previews.Rendered(error="object missing from the store")
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _recover_spool(self) -> None:
+        """Stage again every complete spool file a previous run did not finish."""
+        for folder in sorted(p for p in self.spool.iterdir() if p.is_dir()):
+            batch = self.open_batch(tenant_id=int(folder.name), actor=audit.SYSTEM,
+                                    kind="recovery")
+            for part in folder.glob("*.part"):
+                part.unlink(missing_ok=True)  # never acknowledged: the sender was not answered
+            for path in sorted(folder.glob("*.dcm")):
+                try:
+                    meta = read_meta_file(str(path))
+                except UndecodableInstance:
+                    log.error("spool file %s cannot be parsed; moved aside", path.name)
+                    path.rename(path.with_suffix(".bad"))
+                    continue
+                self._enqueue(batch, meta, path, path.stat().st_size)
+            self.end_batch(batch, aborted=False)
+
+
+_MARKER = InstanceMeta("", "", "", "", "")

@@ -1,0 +1,223 @@
+"""Record audit events in the caller's transaction, chained by hash; verify and export the chain."""
+
+from __future__ import annotations
+
+import csv
+import enum
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from zorgbericht.audit.models import AuditEvent, AuditHead
+from zorgbericht.db import utcnow
+
+GENESIS = "0" * 64
+
+# Keys that must never reach the trail: link codes, SMS codes, birth dates, session ids.
+FORBIDDEN_DETAIL_KEYS = frozenset(
+    {"code", "link_code", "sms_code", "birth_date", "dob", "session", "session_id",
+     "password", "secret", "token", "bsn", "api_key"}
+)
+
+
+class Outcome(enum.IntEnum):
+    """DICOM EventOutcomeIndicator."""
+
+    success = 0
+    minor_failure = 4
+    serious_failure = 8
+    major_failure = 12
+
+
+class Ev(enum.Enum):
+    """Event name, DICOM audit event id (DCM 1101xx) and EventActionCode."""
+
+    association_accepted = ("dicom.association.accepted", "110114", "E")
+    association_refused = ("dicom.association.refused", "110113", "E")
+    association_aborted = ("dicom.association.aborted", "110104", "C")
+    instances_received = ("dicom.instances.received", "110104", "C")
+    instances_refused = ("dicom.instances.refused", "110104", "C")
+    study_imported = ("study.imported", "110107", "C")
+    study_stable = ("study.stable", "110103", "U")
+    study_purged = ("study.purged", "110105", "D")
+    tenant_created = ("tenant.created", "110110", "C")
+    staff_created = ("staff.created", "110110", "C")
+    apikey_created = ("apikey.created", "110110", "C")
+    studies_queried = ("studies.queried", "110112", "R")
+    audit_exported = ("audit.exported", "110101", "R")
+
+    @property
+    def event_name(self) -> str:
+        return self.value[0]
+
+    @property
+    def code(self) -> str:
+        return self.value[1]
+
+    @property
+    def action(self) -> str:
+        return self.value[2]
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acted: kind (staff, recipient, system, dicom, apikey) and an opaque id."""
+
+    kind: str
+    id: str | None = None
+    on_behalf_of: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+SYSTEM = Actor("system", "zorgbericht")
+
+_HASHED_FIELDS = (
+    "seq", "occurred_at", "tenant_id", "event", "event_code", "action", "outcome",
+    "actor_kind", "actor_id", "on_behalf_of", "ip", "user_agent", "patient_id",
+    "bsn_last3", "share_id", "study_uids", "details",
+)
+
+
+def record(
+    *,
+    session: Session,
+    event: Ev,
+    actor: Actor,
+    tenant_id: int | None,
+    outcome: Outcome = Outcome.success,
+    patient_id: str | None = None,
+    bsn: str | None = None,
+    share_id: int | None = None,
+    study_uids: Iterable[str] = (),
+    details: dict[str, object] | None = None,
+) -> AuditEvent:
+    """Append one event to the chain inside the caller's transaction.
+
+    The chain head row is updated first: that takes its row lock (PostgreSQL) or the
+    write lock (SQLite), so concurrent writers queue and each sees the previous hash.
+    The caller's commit makes the event and the action it records durable together.
+    """
+    details = dict(details or {})
+    leaked = FORBIDDEN_DETAIL_KEYS.intersection(k.lower() for k in details)
+    if leaked:
+        raise ValueError(f"audit details may not carry {sorted(leaked)}")
+    head = session.execute(
+        update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1)
+        .returning(AuditHead.seq, AuditHead.last_hash)
+    ).one()
+    row = AuditEvent(
+        seq=head.seq,
+        occurred_at=utcnow(),
+        tenant_id=tenant_id,
+        event=event.event_name,
+        event_code=event.code,
+        action=event.action,
+        outcome=int(outcome),
+        actor_kind=actor.kind,
+        actor_id=actor.id,
+        on_behalf_of=actor.on_behalf_of,
+        ip=actor.ip,
+        user_agent=(actor.user_agent or None) and actor.user_agent[:255],
+        patient_id=patient_id,
+        bsn_last3=bsn[-3:] if bsn else None,
+        share_id=share_id,
+        study_uids=sorted(set(study_uids)),
+        details=details,
+        prev_hash=head.last_hash,
+    )
+    row.hash = row_hash(row)
+    session.add(row)
+    session.execute(update(AuditHead).where(AuditHead.id == 1).values(last_hash=row.hash))
+    return row
+
+
+def _canonical(row: AuditEvent) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name in _HASHED_FIELDS:
+        value = getattr(row, name)
+        if isinstance(value, datetime):
+            value = value.isoformat(timespec="microseconds")
+        out[name] = value
+    return out
+
+
+def row_hash(row: AuditEvent) -> str:
+    """Hash the row's content together with the previous row's hash."""
+    payload = json.dumps(_canonical(row), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256((row.prev_hash + payload).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    checked: int
+    first_broken_seq: int | None
+    reason: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_broken_seq is None
+
+
+def verify(*, session: Session, batch: int = 5000) -> ChainReport:
+    """Walk the whole chain; report the first row whose hash, link or position is wrong."""
+    expected_prev, expected_seq, checked = GENESIS, 1, 0
+    for row in _iter_rows(session, batch):
+        if row.seq != expected_seq:
+            return ChainReport(checked, expected_seq, f"row {expected_seq} is missing")
+        if row.prev_hash != expected_prev:
+            return ChainReport(checked, row.seq, "link to the previous row is broken")
+        if row_hash(row) != row.hash:
+            return ChainReport(checked, row.seq, "content does not match its hash")
+        expected_prev, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
+    head = session.get(AuditHead, 1)
+    if head is not None and (head.seq != checked or head.last_hash != expected_prev):
+        return ChainReport(checked, checked + 1, "rows after this point were removed")
+    return ChainReport(checked, None, None)
+
+
+def _iter_rows(session: Session, batch: int) -> Iterator[AuditEvent]:
+    last = 0
+    while True:
+        rows = session.scalars(
+            select(AuditEvent).where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(batch)
+        ).all()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].seq
+        session.expunge_all()
+
+
+def export(
+    *, session: Session, tenant_id: int | None, since: datetime | None, fmt: str
+) -> Iterator[str]:
+    """Yield the trail as JSON lines or CSV text, oldest first."""
+    query = select(AuditEvent).order_by(AuditEvent.seq)
+    if tenant_id is not None:
+        query = query.where(AuditEvent.tenant_id == tenant_id)
+    if since is not None:
+        query = query.where(AuditEvent.occurred_at >= since)
+    columns = [*_HASHED_FIELDS, "prev_hash", "hash"]
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(columns)
+        yield buffer.getvalue()
+    for row in session.scalars(query.execution_options(yield_per=1000)):
+        data = {**_canonical(row), "prev_hash": row.prev_hash, "hash": row.hash}
+        if fmt == "csv":
+            buffer = io.StringIO()
+            csv.writer(buffer).writerow(
+                json.dumps(data[c]) if isinstance(data[c], list | dict) else data[c]
+                for c in columns
+            )
+            yield buffer.getvalue()
+        else:
+            yield json.dumps(data, sort_keys=True, default=str) + "\n"

@@ -1,0 +1,55 @@
+"""FastAPI dependencies, as ``Annotated`` aliases a route signature can read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from zorgbericht.errors import Unauthorized
+from zorgbericht.runtime import Runtime
+from zorgbericht.storage import ObjectStore
+from zorgbericht.tenants import service as tenants
+from zorgbericht.tenants.models import ApiKey, Tenant
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime  # type: ignore[no-any-return]
+
+
+def get_session(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Iterator[Session]:
+    """One session per request: committed on success, rolled back on error."""
+    with runtime.sessions() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def get_store(runtime: Annotated[Runtime, Depends(get_runtime)]) -> ObjectStore:
+    return runtime.store
+
+
+_bearer = HTTPBearer(auto_error=False, description="API key from `zorgbericht apikey create`")
+
+
+def get_api_client(
+    session: Annotated[Session, Depends(get_session)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> tuple[Tenant, ApiKey]:
+    if credentials is None:
+        raise Unauthorized("an API key is required: Authorization: Bearer <key>")
+    found = tenants.tenant_for_api_key(session=session, key=credentials.credentials)
+    if found is None:
+        raise Unauthorized("unknown or revoked API key")
+    return found
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+StoreDep = Annotated[ObjectStore, Depends(get_store)]
+ApiClientDep = Annotated[tuple[Tenant, ApiKey], Depends(get_api_client)]

@@ -1,0 +1,42 @@
+"""Build a process's collaborators from its settings: engine, sessions, object store."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from zorgbericht import migrate
+from zorgbericht.db import make_engine, make_sessionmaker
+from zorgbericht.settings import Settings
+from zorgbericht.storage import ObjectStore, make_store
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: ObjectStore
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build_runtime(settings: Settings, *, run_migrations: bool = True) -> Runtime:
+    """Create the data folder, migrate the database and connect the object store."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if run_migrations:
+        migrate.upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    return Runtime(settings, engine, make_sessionmaker(engine), make_store(settings))
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pynetdicom logs every PDU at INFO and dumps identifiers at DEBUG: keep it quiet.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
