@@ -219,7 +219,7 @@ class Pipeline:
                     self._storage_down_reason = str(exc)
                     self._storage_ok_until = 0.0
                     log.warning("object store unavailable (%s); retrying in %.1fs", exc, backoff)
-                    time.sleep(backoff)
+                    self._stop.wait(backoff)
                     backoff = min(backoff * 2, 30.0)
             else:
                 return
@@ -264,7 +264,7 @@ class Pipeline:
                 break
             except Exception:  # database down or busy: keep the spool, try again
                 log.exception("indexing %d instances failed; retrying in %.1fs", len(chunk), backoff)
-                time.sleep(backoff)
+                self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
         else:
             return
@@ -371,7 +371,7 @@ class Pipeline:
                 return
             except Exception:
                 log.exception("saving previews failed; retrying in %.1fs", backoff)
-                time.sleep(backoff)
+                self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
     def _done(self, item: Item) -> None:

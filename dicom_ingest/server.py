@@ -15,7 +15,8 @@ from pydicom.uid import (
 from pydicom.uid import (
     AllTransferSyntaxes as KNOWN_SYNTAXES,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, ThreadedAssociationServer
+from pynetdicom import AE, AllStoragePresentationContexts
+from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import Verification
 from sqlalchemy.orm import Session, sessionmaker
 

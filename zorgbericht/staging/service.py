@@ -99,7 +99,7 @@ def _upsert_studies(
     ids = dict(session.execute(
         select(Study.study_uid, Study.id).where(
             Study.tenant_id == tenant_id, Study.study_uid.in_(first))
-    ).tuples().all())
+    ).all())
     session.execute(
         update(Study).where(Study.id.in_(ids.values()))
         .values(state=StudyState.receiving, stable_at=None, purged_at=None, last_activity_at=now)
