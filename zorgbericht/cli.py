@@ -74,6 +74,10 @@ def _serve(runtime: Runtime, host: str, port: int, dicom_port: int | None, *, di
 
     node = _start_dicom(runtime, dicom_port) if dicom else None
     stop = worker.start_thread(runtime)[1] if background else None
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; this handler turns that
+    # into SystemExit so the DICOM node drains its spool and the worker stops cleanly.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_cleanly)
     try:
         uvicorn.run(create_app(runtime=runtime), host=host, port=port,
                     log_level=runtime.settings.log_level.lower(), proxy_headers=True)
@@ -83,6 +87,10 @@ def _serve(runtime: Runtime, host: str, port: int, dicom_port: int | None, *, di
         if node:
             _stop_dicom(node)
         runtime.close()
+
+
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _start_dicom(runtime: Runtime, port: int | None):  # type: ignore[no-untyped-def]

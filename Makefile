@@ -1,0 +1,28 @@
+.PHONY: run demo serve test lint bench bench-ingest peers
+
+run: demo  ## set up the venv and run the demo (embedded default)
+
+demo:
+	infra/venv.sh
+	.venv/bin/zorgbericht demo
+
+serve:
+	infra/venv.sh
+	.venv/bin/zorgbericht serve
+
+test:  ## install what the tests need, start the peers, run the whole suite
+	infra/test.sh
+
+lint:
+	.venv/bin/ruff check zorgbericht dicom_ingest tests infra bench
+	.venv/bin/ruff format --check zorgbericht dicom_ingest tests infra bench
+
+bench: bench-ingest
+
+bench-ingest:
+	infra/install-debian.sh
+	infra/venv.sh test
+	.venv/bin/python bench/ingest.py
+
+peers:  ## start PostgreSQL, SeaweedFS and Orthanc by hand, for trying things
+	.venv/bin/python infra/peers.py
