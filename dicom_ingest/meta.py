@@ -7,7 +7,6 @@ from datetime import date
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from zorgbericht.staging.schemas import InstanceMeta
 
@@ -24,7 +23,7 @@ class UndecodableInstance(ValueError):
 def is_valid_bsn(value: str) -> bool:
     """The Dutch citizen service number's 11-check (elfproef)."""
     digits = value.strip()
-    if not digits.isdigit() or len(digits) not in (8, 9):
+    if not (digits.isascii() and digits.isdigit()) or len(digits) not in (8, 9):
         return False
     digits = digits.zfill(9)
     total = sum(int(d) * w for d, w in zip(digits[:8], range(9, 1, -1), strict=True))
@@ -32,11 +31,15 @@ def is_valid_bsn(value: str) -> bool:
 
 
 def _bsn(ds: Dataset) -> str | None:
-    if getattr(ds, "IssuerOfPatientID", None) == BSN_ISSUER and is_valid_bsn(str(ds.PatientID)):
-        return str(ds.PatientID).zfill(9)
-    for item in ds.get("OtherPatientIDsSequence", []):
-        if item.get("IssuerOfPatientID") == BSN_ISSUER and is_valid_bsn(str(item.get("PatientID", ""))):
-            return str(item.PatientID).zfill(9)
+    candidates = []
+    if ds.get("IssuerOfPatientID") == BSN_ISSUER:
+        candidates.append(ds.get("PatientID"))
+    candidates += [item.get("PatientID") for item in ds.get("OtherPatientIDsSequence", [])
+                   if item.get("IssuerOfPatientID") == BSN_ISSUER]
+    for candidate in candidates:
+        number = str(candidate or "").strip()
+        if is_valid_bsn(number):
+            return number.zfill(9)
     return None
 
 
@@ -98,15 +101,11 @@ def read_meta(data: bytes) -> InstanceMeta:
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         ts = str(ds.file_meta.TransferSyntaxUID)
-    except (InvalidDicomError, AttributeError, ValueError, EOFError, OSError, KeyError,
-            TypeError, NotImplementedError) as exc:
-        raise UndecodableInstance(f"cannot parse data set: {type(exc).__name__}") from None
-    try:
         return meta_from_dataset(ds, ts)
-    except (ValueError, TypeError, KeyError) as exc:
-        if isinstance(exc, UndecodableInstance):
-            raise
-        raise UndecodableInstance(f"cannot read header: {type(exc).__name__}") from None
+    except UndecodableInstance:
+        raise
+    except Exception as exc:  # whatever a malformed stream makes pydicom raise
+        raise UndecodableInstance(f"cannot parse data set: {type(exc).__name__}") from None
 
 
 def read_meta_file(path: str) -> InstanceMeta:

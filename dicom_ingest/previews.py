@@ -86,9 +86,12 @@ def frame_view(ds: Dataset, index: int) -> Dataset:
     return view
 
 
-def _first(value: object) -> float:
+def _first(value: object, default: float) -> float:
+    """The first value of a (possibly multi-valued, possibly empty) numeric attribute."""
     if isinstance(value, list | tuple | pydicom.multival.MultiValue):
-        value = value[0]
+        value = value[0] if len(value) else None
+    if value in (None, ""):
+        return default
     return float(value)  # type: ignore[arg-type]
 
 
@@ -98,16 +101,20 @@ def to_image(ds: Dataset, frame: np.ndarray, index: int = 0) -> Image.Image:
     if photometric == "PALETTE COLOR":
         frame = apply_color_lut(frame, ds)
     if frame.ndim == 3:
-        return Image.fromarray(_scale_colour(frame), "RGB")
+        return Image.fromarray(_scale_colour(frame, _colour_bits(ds, photometric)), "RGB")
     view = frame_view(ds, index)
-    values = frame.astype(np.float64) * _first(view.get("RescaleSlope", 1.0)) + _first(
-        view.get("RescaleIntercept", 0.0))
-    if "WindowCenter" in view and "WindowWidth" in view and _first(view.WindowWidth) > 0:
-        unit = _window(values, _first(view.WindowCenter), _first(view.WindowWidth),
-                       str(view.get("VOILUTFunction", "LINEAR")).upper())
+    values = frame.astype(np.float64) * _first(view.get("RescaleSlope"), 1.0) + _first(
+        view.get("RescaleIntercept"), 0.0)
+    center = _first(view.get("WindowCenter"), 0.0)
+    width = _first(view.get("WindowWidth"), 0.0)
+    if width > 0:
+        unit = _window(values, center, width, str(view.get("VOILUTFunction", "LINEAR")).upper())
     elif "VOILUTSequence" in ds:
-        lut = apply_voi_lut(frame, ds, index=0, prefer_lut=True).astype(np.float64)
-        unit = _stretch(lut, float(lut.min()), float(lut.max()))
+        # The VOI LUT takes the modality LUT's output (PS3.3 C.11.2), not stored values.
+        lut = apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0,
+                            prefer_lut=True).astype(np.float64)
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        unit = _stretch(lut, 0.0, float(2**bits - 1))
     else:
         low, high = np.percentile(values, (0.5, 99.5))
         unit = _stretch(values, float(low), float(high))
@@ -133,11 +140,19 @@ def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
-def _scale_colour(frame: np.ndarray) -> np.ndarray:
-    if frame.dtype == np.uint8:
+def _colour_bits(ds: Dataset, photometric: str) -> int:
+    """Significant bits of colour samples: the palette's entry size, else Bits Stored."""
+    if photometric == "PALETTE COLOR":
+        descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+        return int(descriptor[2]) if descriptor else 16
+    return int(ds.get("BitsStored", 8) or 8)
+
+
+def _scale_colour(frame: np.ndarray, bits: int) -> np.ndarray:
+    if frame.dtype == np.uint8 and bits <= 8:
         return frame
-    top = 65535.0 if frame.max() > 255 else 255.0
-    return np.rint(frame.astype(np.float64) / top * 255).astype(np.uint8)
+    top = float(2**bits - 1)
+    return np.rint(np.clip(frame.astype(np.float64), 0, top) / top * 255).astype(np.uint8)
 
 
 def _jpeg(picture: Image.Image, size: int, quality: int) -> bytes:
