@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,11 +44,26 @@ class LocalStore:
         self._write(key, lambda fh: fh.write(data))
 
     def put_file(self, key: str, path: Path, content_type: str = "") -> None:
+        if self._link(key, path):
+            return
+
         def copy(fh) -> None:  # type: ignore[no-untyped-def]
             with open(path, "rb") as src:
                 shutil.copyfileobj(src, fh, DEFAULT_CHUNK)
 
         self._write(key, copy)
+
+    def _link(self, key: str, path: Path) -> bool:
+        """Hard-link an immutable file into the store (same file system): no copy at all."""
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".link-{os.getpid()}-{threading.get_ident()}-{target.name}")
+            os.link(path, tmp)
+            os.replace(tmp, target)
+        except OSError:
+            return False
+        return True
 
     def get_bytes(self, key: str) -> bytes:
         try:
