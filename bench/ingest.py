@@ -44,9 +44,17 @@ def study_folder(series: int, slices: int, size: int) -> Path:
     if not (folder / ".complete").exists():
         shutil.rmtree(folder, ignore_errors=True)
         print(f"writing a {series} x {slices}-slice {size}² CT to {folder} ...", flush=True)
-        write_study(folder, series=series, slices=slices, size=size,
-                    patient={"PatientName": "BENCH^CT", "PatientID": "BENCH01",
-                             "PatientBirthDate": "19700101"})
+        write_study(
+            folder,
+            series=series,
+            slices=slices,
+            size=size,
+            patient={
+                "PatientName": "BENCH^CT",
+                "PatientID": "BENCH01",
+                "PatientBirthDate": "19700101",
+            },
+        )
         (folder / ".complete").touch()
     return folder
 
@@ -56,9 +64,22 @@ def storescu(port: int, called: str, folder: Path) -> float:
     files = sorted(str(p) for p in folder.glob("*.dcm"))
     started = time.perf_counter()
     result = subprocess.run(
-        ["storescu", "-aet", "STORESCU", "-aec", called, "--max-pdu", "131072", "127.0.0.1",
-         str(port), *files],
-        env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True)
+        [
+            "storescu",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            called,
+            "--max-pdu",
+            "131072",
+            "127.0.0.1",
+            str(port),
+            *files,
+        ],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"storescu to {called} failed: {result.stderr[-500:]}")
@@ -68,12 +89,23 @@ def storescu(port: int, called: str, folder: Path) -> float:
 def run_ours(folder: Path, s3: SeaweedFS, work: Path) -> dict[str, float]:
     s3.create_bucket("zb-bench")
     port = free_port()
-    env = {**os.environ, "ZB_DATA_DIR": str(work), "ZB_DICOM_PORT": str(port),
-           "ZB_DICOM_HOST": "127.0.0.1", "ZB_STORAGE_URL": "s3://zb-bench/bench",
-           "ZB_S3_ENDPOINT_URL": s3.endpoint, "ZB_S3_ACCESS_KEY": S3_ACCESS_KEY,
-           "ZB_S3_SECRET_KEY": S3_SECRET_KEY, "ZB_LOG_LEVEL": "WARNING"}
-    subprocess.run([ZB, "tenant", "create", "bench", "--name", "Bench", "--ae", "STORESCU"],
-                   env=env, check=True, capture_output=True)
+    env = {
+        **os.environ,
+        "ZB_DATA_DIR": str(work),
+        "ZB_DICOM_PORT": str(port),
+        "ZB_DICOM_HOST": "127.0.0.1",
+        "ZB_STORAGE_URL": "s3://zb-bench/bench",
+        "ZB_S3_ENDPOINT_URL": s3.endpoint,
+        "ZB_S3_ACCESS_KEY": S3_ACCESS_KEY,
+        "ZB_S3_SECRET_KEY": S3_SECRET_KEY,
+        "ZB_LOG_LEVEL": "WARNING",
+    }
+    subprocess.run(
+        [ZB, "tenant", "create", "bench", "--name", "Bench", "--ae", "STORESCU"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     proc = subprocess.Popen([ZB, "dicom"], env=env)
     try:
         wait_for_port(port, proc=proc)
@@ -81,8 +113,9 @@ def run_ours(folder: Path, s3: SeaweedFS, work: Path) -> dict[str, float]:
         answered = storescu(port, "ZORGBERICHT", folder)
         expected = len(list(folder.glob("*.dcm")))
         indexed = _wait_sql(work, f"SELECT count(*) >= {expected} FROM instance", started)
-        previews = _wait_sql(work, "SELECT count(*) = 0 FROM instance WHERE preview_state = "
-                                   "'pending'", started)
+        previews = _wait_sql(
+            work, "SELECT count(*) = 0 FROM instance WHERE preview_state = 'pending'", started
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
@@ -100,8 +133,11 @@ def _wait_sql(work: Path, query: str, started: float, timeout: float = 900) -> f
 
 
 def report(name: str, seconds: float, count: int, megabytes: float) -> None:
-    print(f"  {name:34s} {seconds:7.2f} s  {count / seconds:8.1f} inst/s  "
-          f"{megabytes / seconds:8.1f} MB/s", flush=True)
+    print(
+        f"  {name:34s} {seconds:7.2f} s  {count / seconds:8.1f} inst/s  "
+        f"{megabytes / seconds:8.1f} MB/s",
+        flush=True,
+    )
 
 
 def main() -> None:

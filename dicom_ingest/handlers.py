@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ingest.meta import UndecodableInstance, read_meta
 from dicom_ingest.pipeline import Batch, Pipeline, StorageDown
+from dicom_ingest.stager import StagerProcess
 from zorgbericht.audit import service as audit
 from zorgbericht.db import transaction
 from zorgbericht.tenants import service as tenants
@@ -42,10 +43,14 @@ def handle_requested(event: Event, sessions: sessionmaker[Session]) -> None:
     with transaction(sessions) as session:
         tenant = tenants.tenant_for_ae(session=session, ae_title=calling)
         if tenant is None:
-            audit.record(session=session, event=audit.Ev.association_refused,
-                         actor=audit.Actor("dicom", calling, ip=event.assoc.requestor.address),
-                         tenant_id=None, outcome=audit.Outcome.minor_failure,
-                         details={"reason": "calling AE title not recognised"})
+            audit.record(
+                session=session,
+                event=audit.Ev.association_refused,
+                actor=audit.Actor("dicom", calling, ip=event.assoc.requestor.address),
+                tenant_id=None,
+                outcome=audit.Outcome.minor_failure,
+                details={"reason": "calling AE title not recognised"},
+            )
     if tenant is None:
         log.warning("association from unknown AE title %r refused", calling)
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
@@ -55,18 +60,24 @@ def handle_requested(event: Event, sessions: sessionmaker[Session]) -> None:
     event.assoc.zb_tenant_id = tenant.id  # type: ignore[attr-defined]
 
 
-def handle_accepted(event: Event, sessions: sessionmaker[Session], pipeline: Pipeline) -> None:
+def handle_accepted(
+    event: Event, sessions: sessionmaker[Session], pipeline: Pipeline | StagerProcess
+) -> None:
     """Open the association's batch and audit the accepted association."""
     tenant_id = event.assoc.zb_tenant_id
     actor = _actor(event)
     event.assoc.zb_batch = pipeline.open_batch(tenant_id=tenant_id, actor=actor)
     with transaction(sessions) as session:
-        audit.record(session=session, event=audit.Ev.association_accepted, actor=actor,
-                     tenant_id=tenant_id,
-                     details={"called_ae": event.assoc.acceptor.ae_title.strip()})
+        audit.record(
+            session=session,
+            event=audit.Ev.association_accepted,
+            actor=actor,
+            tenant_id=tenant_id,
+            details={"called_ae": event.assoc.acceptor.ae_title.strip()},
+        )
 
 
-def handle_store(event: Event, pipeline: Pipeline) -> int:
+def handle_store(event: Event, pipeline: Pipeline | StagerProcess) -> int:
     """Stage one C-STORE request exactly as received.
 
     The encoded data set is written with a zeroed preamble and the file meta built from
@@ -88,9 +99,13 @@ def handle_store(event: Event, pipeline: Pipeline) -> int:
         log.warning("refusing instance from %s: %s", batch.actor.id, exc)
         return MISSING_IDENTIFIER if "identifier" in str(exc) else CANNOT_UNDERSTAND
     request = event.request
-    if (meta.sop_uid != request.AffectedSOPInstanceUID
-            or meta.sop_class_uid != request.AffectedSOPClassUID):
-        log.warning("refusing instance from %s: data set does not match the request", batch.actor.id)
+    if (
+        meta.sop_uid != request.AffectedSOPInstanceUID
+        or meta.sop_class_uid != request.AffectedSOPClassUID
+    ):
+        log.warning(
+            "refusing instance from %s: data set does not match the request", batch.actor.id
+        )
         return DATASET_MISMATCH
     try:
         pipeline.accept(batch, meta, data)
@@ -100,27 +115,27 @@ def handle_store(event: Event, pipeline: Pipeline) -> int:
     return SUCCESS
 
 
-def handle_released(event: Event, pipeline: Pipeline) -> None:
+def handle_released(event: Event, pipeline: Pipeline | StagerProcess) -> None:
     batch: Batch | None = getattr(event.assoc, "zb_batch", None)
     if batch is not None:
         pipeline.end_batch(batch, aborted=False)
 
 
-def handle_aborted(event: Event, pipeline: Pipeline) -> None:
+def handle_aborted(event: Event, pipeline: Pipeline | StagerProcess) -> None:
     """An aborted association marks its studies interrupted: never stable until resent."""
     batch: Batch | None = getattr(event.assoc, "zb_batch", None)
     if batch is not None and batch.ended is None:
         pipeline.end_batch(batch, aborted=True)
 
 
-def handle_closed(event: Event, pipeline: Pipeline) -> None:
+def handle_closed(event: Event, pipeline: Pipeline | StagerProcess) -> None:
     """A connection that dropped without release or abort counts as aborted."""
     batch: Batch | None = getattr(event.assoc, "zb_batch", None)
     if batch is not None and batch.ended is None:
         pipeline.end_batch(batch, aborted=True)
 
 
-def bindings(sessions: sessionmaker[Session], pipeline: Pipeline) -> list:  # type: ignore[type-arg]
+def bindings(sessions: sessionmaker[Session], pipeline: Pipeline | StagerProcess) -> list:  # type: ignore[type-arg]
     return [
         (evt.EVT_REQUESTED, handle_requested, [sessions]),
         (evt.EVT_ACCEPTED, handle_accepted, [sessions, pipeline]),

@@ -57,7 +57,11 @@ def _dicomdir_sources(path: Path) -> Iterator[Source]:
 
 
 def import_path(
-    *, path: Path, tenant_id: int, pipeline: Pipeline, actor: audit.Actor,
+    *,
+    path: Path,
+    tenant_id: int,
+    pipeline: Pipeline,
+    actor: audit.Actor,
     progress: Callable[[str], None] | None = None,
 ) -> ImportResult:
     """Stage every DICOM Part 10 file found; files that are not DICOM are skipped."""

@@ -34,8 +34,11 @@ def _bsn(ds: Dataset) -> str | None:
     candidates = []
     if ds.get("IssuerOfPatientID") == BSN_ISSUER:
         candidates.append(ds.get("PatientID"))
-    candidates += [item.get("PatientID") for item in ds.get("OtherPatientIDsSequence", [])
-                   if item.get("IssuerOfPatientID") == BSN_ISSUER]
+    candidates += [
+        item.get("PatientID")
+        for item in ds.get("OtherPatientIDsSequence", [])
+        if item.get("IssuerOfPatientID") == BSN_ISSUER
+    ]
     for candidate in candidates:
         number = str(candidate or "").strip()
         if is_valid_bsn(number):
@@ -70,14 +73,21 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str | None:
 def meta_from_dataset(ds: Dataset, transfer_syntax_uid: str) -> InstanceMeta:
     """Extract index fields; raise ``UndecodableInstance`` when the UIDs are missing."""
     try:
-        uids = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
-                str(ds.SOPClassUID))
+        uids = (
+            str(ds.StudyInstanceUID),
+            str(ds.SeriesInstanceUID),
+            str(ds.SOPInstanceUID),
+            str(ds.SOPClassUID),
+        )
     except AttributeError as exc:
         raise UndecodableInstance(f"missing identifier: {exc}") from None
     if not all(uids) or any(len(u) > 64 for u in uids):
         raise UndecodableInstance("an identifier is empty or longer than 64 characters")
     return InstanceMeta(
-        study_uid=uids[0], series_uid=uids[1], sop_uid=uids[2], sop_class_uid=uids[3],
+        study_uid=uids[0],
+        series_uid=uids[1],
+        sop_uid=uids[2],
+        sop_class_uid=uids[3],
         transfer_syntax_uid=transfer_syntax_uid,
         patient_id=_text(ds, "PatientID", 64),
         issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),

@@ -44,6 +44,25 @@ class StorageDown(RuntimeError):
     """The object store or the spool cannot take instances now (answer 0xA700)."""
 
 
+def spool_write(spool: Path, tenant_id: int, data: bytes, fsync: bool) -> Path:
+    """Write one instance durably into the spool; raise ``StorageDown`` when the disk fails."""
+    folder = spool / str(tenant_id)
+    folder.mkdir(exist_ok=True)
+    final = folder / f"{uuid.uuid4().hex}.dcm"
+    tmp = final.with_suffix(".part")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageDown(f"spool: {exc.strerror}") from exc
+    return final
+
+
 @dataclass
 class Batch:
     """Instances that arrived together: one association, or one import run."""
@@ -72,13 +91,32 @@ class Item:
     instance_id: int | None = None
 
 
+class Hooks:
+    """What a pipeline tells the process that feeds it (see ``stager.StagerProcess``)."""
+
+    def recovered(self, size: int) -> None:
+        """An instance left in the spool by an earlier run was queued again."""
+
+    def done(self, size: int) -> None:
+        """An instance is fully staged and its spool file deleted."""
+
+    def storage(self, down: bool) -> None:
+        """The object store went down or came back."""
+
+
 class Pipeline:
     """Owns the spool and the background threads of one ingest node."""
 
     def __init__(
-        self, *, settings: Settings, store: ObjectStore, sessions: sessionmaker[Session]
+        self,
+        *,
+        settings: Settings,
+        store: ObjectStore,
+        sessions: sessionmaker[Session],
+        hooks: Hooks | None = None,
     ) -> None:
         self.settings = settings
+        self.hooks = hooks or Hooks()
         self.store = store
         self.sessions = sessions
         self.spool = settings.spool_dir
@@ -87,7 +125,8 @@ class Pipeline:
         self._uploads: queue.Queue[Item | None] = queue.Queue()
         self._index: queue.Queue[Item | None] = queue.Queue()
         self._previews: queue.Queue[tuple[Item | None, Future[previews.Rendered]] | None] = (
-            queue.Queue())
+            queue.Queue()
+        )
         self._active: Counter[tuple[int, str]] = Counter()  # (tenant, study) -> open users
         self._open_batches: list[Batch] = []
         self._in_flight = 0
@@ -97,7 +136,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._renderer = ProcessPoolExecutor(
-            max_workers=max(1, settings.preview_processes), mp_context=get_context("spawn"))
+            max_workers=max(1, settings.preview_processes), mp_context=get_context("spawn")
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -167,9 +207,11 @@ class Pipeline:
             self.check_storage()
         if self._spool_bytes + len(data) > self.settings.spool_max_bytes:
             raise StorageDown("spool is full")
-        self._enqueue(batch, meta, self._spool_write(batch.tenant_id, data), len(data))
+        path = spool_write(self.spool, batch.tenant_id, data, self.settings.spool_fsync)
+        self.enqueue(batch, meta, path, len(data))
 
-    def _enqueue(self, batch: Batch, meta: InstanceMeta, path: Path, size: int) -> None:
+    def enqueue(self, batch: Batch, meta: InstanceMeta, path: Path, size: int) -> None:
+        """Queue an instance already durable in the spool."""
         with self._lock:
             self._in_flight += 1
             self._spool_bytes += size
@@ -180,23 +222,6 @@ class Pipeline:
             batch.study_bytes[meta.study_uid] += size
             batch.patients.setdefault(meta.study_uid, meta)
         self._uploads.put(Item(batch.tenant_id, path, meta, batch, size=size))
-
-    def _spool_write(self, tenant_id: int, data: bytes) -> Path:
-        folder = self.spool / str(tenant_id)
-        folder.mkdir(exist_ok=True)
-        final = folder / f"{uuid.uuid4().hex}.dcm"
-        tmp = final.with_suffix(".part")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                if self.settings.spool_fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise StorageDown(f"spool: {exc.strerror}") from exc
-        return final
 
     def end_batch(self, batch: Batch, *, aborted: bool) -> None:
         """Close a batch; its audit summary is written once all its instances are indexed."""
@@ -218,6 +243,7 @@ class Pipeline:
                 except StorageUnavailable as exc:
                     self._storage_down_reason = str(exc)
                     self._storage_ok_until = 0.0
+                    self.hooks.storage(True)
                     log.warning("object store unavailable (%s); retrying in %.1fs", exc, backoff)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 30.0)
@@ -232,10 +258,13 @@ class Pipeline:
                 digest.update(chunk)
         item.sha256 = digest.hexdigest()
         item.size = item.path.stat().st_size
-        item.object_key = staging.instance_key(item.tenant_id, item.meta.study_uid,
-                                               item.meta.sop_uid)
+        item.object_key = staging.instance_key(
+            item.tenant_id, item.meta.study_uid, item.meta.sop_uid
+        )
         self.store.put_file(item.object_key, item.path, "application/dicom")
-        self._storage_down_reason = None
+        if self._storage_down_reason is not None:
+            self._storage_down_reason = None
+            self.hooks.storage(False)
 
     # -- index -------------------------------------------------------------------------
 
@@ -263,7 +292,9 @@ class Pipeline:
                 pending = self._index_chunk(chunk)
                 break
             except Exception:  # database down or busy: keep the spool, try again
-                log.exception("indexing %d instances failed; retrying in %.1fs", len(chunk), backoff)
+                log.exception(
+                    "indexing %d instances failed; retrying in %.1fs", len(chunk), backoff
+                )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
         else:
@@ -277,11 +308,13 @@ class Pipeline:
             by_tenant: dict[int, list[StoredInstance]] = {}
             for item in chunk:
                 if item.meta is not _MARKER:
-                    by_tenant.setdefault(item.tenant_id, []).append(StoredInstance(
-                        item.meta, item.object_key, item.size, item.sha256))
+                    by_tenant.setdefault(item.tenant_id, []).append(
+                        StoredInstance(item.meta, item.object_key, item.size, item.sha256)
+                    )
             for tenant_id, stored in by_tenant.items():
-                ids = staging.index_instances(session=session, tenant_id=tenant_id,
-                                              items=stored, now=now)
+                ids = staging.index_instances(
+                    session=session, tenant_id=tenant_id, items=stored, now=now
+                )
                 pending.update({(tenant_id, sop): i for sop, i in ids.items()})
             for item in chunk:
                 if item.meta is _MARKER and item.batch is not None:
@@ -320,14 +353,27 @@ class Pipeline:
         for study_uid, count in batch.studies.items():
             meta = batch.patients[study_uid]
             audit.record(
-                session=session, event=event, actor=batch.actor, tenant_id=batch.tenant_id,
+                session=session,
+                event=event,
+                actor=batch.actor,
+                tenant_id=batch.tenant_id,
                 outcome=audit.Outcome.minor_failure if aborted else audit.Outcome.success,
-                patient_id=meta.patient_id, bsn=meta.bsn, study_uids=[study_uid],
-                details={"instances": count, "bytes": batch.study_bytes[study_uid],
-                         "batch": batch.id, "ended": batch.ended},
+                patient_id=meta.patient_id,
+                bsn=meta.bsn,
+                study_uids=[study_uid],
+                details={
+                    "instances": count,
+                    "bytes": batch.study_bytes[study_uid],
+                    "batch": batch.id,
+                    "ended": batch.ended,
+                },
             )
-        staging.set_interrupted(session=session, tenant_id=batch.tenant_id,
-                                study_uids=batch.studies, interrupted=aborted)
+        staging.set_interrupted(
+            session=session,
+            tenant_id=batch.tenant_id,
+            study_uids=batch.studies,
+            interrupted=aborted,
+        )
 
     def _release_studies(self, batch: Batch) -> None:
         with self._lock:
@@ -363,11 +409,13 @@ class Pipeline:
         while not self._stop.is_set():
             try:
                 for kind, frame, jpeg in rendered.images:
-                    self.store.put_bytes(staging.preview_key(object_key, kind, frame), jpeg,
-                                         "image/jpeg")
+                    self.store.put_bytes(
+                        staging.preview_key(object_key, kind, frame), jpeg, "image/jpeg"
+                    )
                 with transaction(self.sessions) as session:
-                    staging.mark_previews(session=session,
-                                          results=[(instance_id, state, rendered.error)])
+                    staging.mark_previews(
+                        session=session, results=[(instance_id, state, rendered.error)]
+                    )
                 return
             except Exception:
                 log.exception("saving previews failed; retrying in %.1fs", backoff)
@@ -379,6 +427,7 @@ class Pipeline:
         with self._lock:
             self._in_flight -= 1
             self._spool_bytes -= item.size
+        self.hooks.done(item.size)
 
     # -- heartbeat and recovery --------------------------------------------------------
 
@@ -393,8 +442,9 @@ class Pipeline:
             try:
                 with transaction(self.sessions) as session:
                     for tenant_id, uids in by_tenant.items():
-                        staging.touch_studies(session=session, tenant_id=tenant_id,
-                                              study_uids=uids, now=utcnow())
+                        staging.touch_studies(
+                            session=session, tenant_id=tenant_id, study_uids=uids, now=utcnow()
+                        )
             except Exception:
                 log.exception("heartbeat failed")
             self._sweep_stale_previews()
@@ -408,12 +458,20 @@ class Pipeline:
         try:
             with transaction(self.sessions) as session:
                 stale = staging.stale_pending_previews(
-                    session=session, older_than=utcnow() - timedelta(seconds=60), limit=50)
+                    session=session, older_than=utcnow() - timedelta(seconds=60), limit=50
+                )
                 for instance_id in stale:
                     rendered = self._render_from_store(session, instance_id)
-                    staging.mark_previews(session=session, results=[
-                        (instance_id, PreviewState.failed if rendered.error else PreviewState.done,
-                         rendered.error)])
+                    staging.mark_previews(
+                        session=session,
+                        results=[
+                            (
+                                instance_id,
+                                PreviewState.failed if rendered.error else PreviewState.done,
+                                rendered.error,
+                            )
+                        ],
+                    )
         except Exception:
             log.exception("preview sweep failed")
 
@@ -427,8 +485,9 @@ class Pipeline:
             tmp.write_bytes(self.store.get_bytes(instance.object_key))
             rendered = self._renderer.submit(previews.render_file, str(tmp)).result()
             for kind, frame, jpeg in rendered.images:
-                self.store.put_bytes(staging.preview_key(instance.object_key, kind, frame),
-                                     jpeg, "image/jpeg")
+                self.store.put_bytes(
+                    staging.preview_key(instance.object_key, kind, frame), jpeg, "image/jpeg"
+                )
             return rendered
         except KeyError:
             return previews.Rendered(error="object missing from the store")
@@ -438,8 +497,7 @@ class Pipeline:
     def _recover_spool(self) -> None:
         """Stage again every complete spool file a previous run did not finish."""
         for folder in sorted(p for p in self.spool.iterdir() if p.is_dir()):
-            batch = self.open_batch(tenant_id=int(folder.name), actor=audit.SYSTEM,
-                                    kind="recovery")
+            batch = self.open_batch(tenant_id=int(folder.name), actor=audit.SYSTEM, kind="recovery")
             for part in folder.glob("*.part"):
                 part.unlink(missing_ok=True)  # never acknowledged: the sender was not answered
             for path in sorted(folder.glob("*.dcm")):
@@ -449,7 +507,9 @@ class Pipeline:
                     log.error("spool file %s cannot be parsed; moved aside", path.name)
                     path.rename(path.with_suffix(".bad"))
                     continue
-                self._enqueue(batch, meta, path, path.stat().st_size)
+                size = path.stat().st_size
+                self.enqueue(batch, meta, path, size)
+                self.hooks.recovered(size)
             self.end_batch(batch, aborted=False)
 
 

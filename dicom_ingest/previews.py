@@ -20,8 +20,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 THUMB_SIZE = 256
 PREVIEW_SIZE = 1024
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_FRAME_ATTRS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth",
-                "VOILUTFunction")
+_FRAME_ATTRS = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth", "VOILUTFunction")
 
 
 @dataclass
@@ -104,15 +103,17 @@ def to_image(ds: Dataset, frame: np.ndarray, index: int = 0) -> Image.Image:
         return Image.fromarray(_scale_colour(frame, _colour_bits(ds, photometric)), "RGB")
     view = frame_view(ds, index)
     values = frame.astype(np.float64) * _first(view.get("RescaleSlope"), 1.0) + _first(
-        view.get("RescaleIntercept"), 0.0)
+        view.get("RescaleIntercept"), 0.0
+    )
     center = _first(view.get("WindowCenter"), 0.0)
     width = _first(view.get("WindowWidth"), 0.0)
     if width > 0:
         unit = _window(values, center, width, str(view.get("VOILUTFunction", "LINEAR")).upper())
     elif "VOILUTSequence" in ds:
         # The VOI LUT takes the modality LUT's output (PS3.3 C.11.2), not stored values.
-        lut = apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0,
-                            prefer_lut=True).astype(np.float64)
+        lut = apply_voi_lut(np.rint(values).astype(np.int64), ds, index=0, prefer_lut=True).astype(
+            np.float64
+        )
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         unit = _stretch(lut, 0.0, float(2**bits - 1))
     else:

@@ -17,18 +17,23 @@ from pydicom.uid import (
     AllTransferSyntaxes as KNOWN_SYNTAXES,
 )
 from pynetdicom import AE, AllStoragePresentationContexts
-from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ingest.handlers import bindings
 from dicom_ingest.pipeline import Pipeline
+from dicom_ingest.stager import StagerProcess
 from zorgbericht.settings import Settings
 
 log = logging.getLogger(__name__)
 
-UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-                ExplicitVRBigEndian]
+UNCOMPRESSED = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
 
 
 def decodable_transfer_syntaxes() -> list[UID]:
@@ -59,8 +64,12 @@ def make_ae(settings: Settings) -> AE:
 
 
 def start_dicom_server(
-    *, settings: Settings, sessions: sessionmaker[Session], pipeline: Pipeline,
-    host: str | None = None, port: int | None = None,
+    *,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    pipeline: Pipeline | StagerProcess,
+    host: str | None = None,
+    port: int | None = None,
 ) -> ThreadedAssociationServer:
     """Start listening in a background thread; stop with ``server.shutdown()``."""
     # The association thread answers C-STOREs while upload and index threads run: a short

@@ -8,28 +8,37 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-DEMO_PATIENT = {"PatientName": "DEMO^PATIENT", "PatientID": "DEMO0001",
-                "PatientBirthDate": "19700101", "PatientSex": "O"}
+DEMO_PATIENT = {
+    "PatientName": "DEMO^PATIENT",
+    "PatientID": "DEMO0001",
+    "PatientBirthDate": "19700101",
+    "PatientSex": "O",
+}
 
 
 def phantom_slice(index: int, size: int) -> np.ndarray:
     """One axial slice in stored values (HU + 1024): air, body, lungs, spine, noise."""
     rng = np.random.default_rng(index)
-    y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
     hu = np.full((size, size), -1000.0)
     body = (x / 0.85) ** 2 + (y / 0.65) ** 2 < 1
     hu[body] = 40
     for cx in (-0.35, 0.35):
         hu[((x - cx) / 0.25) ** 2 + ((y + 0.05) / 0.4) ** 2 < 1] = -800
     radius = 0.08 + 0.02 * np.sin(index / 15)
-    hu[(x ** 2 + (y - 0.45) ** 2) < radius ** 2] = 700
+    hu[(x**2 + (y - 0.45) ** 2) < radius**2] = 700
     hu += rng.normal(0, 12, hu.shape) * body
     return np.clip(hu + 1024, 0, 4095).astype(np.uint16)
 
 
 def write_study(
-    out: Path, *, series: int = 2, slices: int = 40, size: int = 256,
-    patient: dict[str, str] | None = None, bsn: str | None = None,
+    out: Path,
+    *,
+    series: int = 2,
+    slices: int = 40,
+    size: int = 256,
+    patient: dict[str, str] | None = None,
+    bsn: str | None = None,
 ) -> str:
     """Write a CT study as Part 10 files under ``out``; return its Study Instance UID."""
     out.mkdir(parents=True, exist_ok=True)
@@ -43,8 +52,13 @@ def write_study(
 
 
 def _slice_dataset(
-    study_uid: str, series_uid: str, series_no: int, index: int, size: int,
-    patient: dict[str, str], bsn: str | None,
+    study_uid: str,
+    series_uid: str,
+    series_no: int,
+    index: int,
+    size: int,
+    patient: dict[str, str],
+    bsn: str | None,
 ) -> Dataset:
     ds = Dataset()
     for keyword, value in patient.items():

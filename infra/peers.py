@@ -7,6 +7,7 @@ throw-away folder and stops it on exit. Used by ``tests/conftest.py`` and ``benc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -71,8 +72,9 @@ class Peer:
 
     def _spawn(self, args: list[str], **kwargs) -> None:  # type: ignore[no-untyped-def]
         self.log = open(self.dir / "server.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, **kwargs)
+        self.proc = subprocess.Popen(
+            args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+        )
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -101,12 +103,34 @@ class PostgreSQL(Peer):
         data = self.dir / "data"
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
-        self._run("initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                  "--locale=C.UTF-8", "--no-sync")
-        self._run("pg_ctl", "-D", str(data), "-l", str(self.dir / "server.log"), "-w", "-t", "30",
-                  "start", "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                  "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                  "-c max_connections=200")
+        self._run(
+            "initdb",
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(self.dir / "server.log"),
+            "-w",
+            "-t",
+            "30",
+            "start",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200",
+        )
         self.admin_url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, tool: str, *args: str) -> None:
@@ -119,18 +143,17 @@ class PostgreSQL(Peer):
         """Create an empty database; return its SQLAlchemy URL."""
         import psycopg
 
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True
+        ) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
         if getattr(self, "bin", None) and (self.dir / "data").exists():
-            try:
+            with contextlib.suppress(subprocess.CalledProcessError):
                 self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "stop")
-            except subprocess.CalledProcessError:
-                pass
         super().stop()
 
 
@@ -143,19 +166,41 @@ class SeaweedFS(Peer):
         self.port = free_port()
         ports = {k: free_port() for k in ("master", "volume", "filer")}
         config = self.dir / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "zorgbericht",
-            "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "zorgbericht",
+                            "credentials": [
+                                {"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}
+                            ],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         (self.dir / "data").mkdir()
-        self._spawn([
-            _venv_bin("weed"), "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1", f"-master.port={ports['master']}",
-            f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-            f"-s3.port={self.port}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
-            "-admin.ui=false", "-master.telemetry=false", f"-s3.config={config}",
-        ])
+        self._spawn(
+            [
+                _venv_bin("weed"),
+                "mini",
+                f"-dir={self.dir / 'data'}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-master.port={ports['master']}",
+                f"-volume.port={ports['volume']}",
+                f"-filer.port={ports['filer']}",
+                f"-s3.port={self.port}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-webdav=false",
+                "-admin.ui=false",
+                "-master.telemetry=false",
+                f"-s3.config={config}",
+            ]
+        )
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._wait_ready()
 
@@ -163,11 +208,19 @@ class SeaweedFS(Peer):
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3_ACCESS_KEY,
-                            aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1",
-                            config=Config(s3={"addressing_style": "path"},
-                                          retries={"max_attempts": 0}, connect_timeout=1,
-                                          read_timeout=5))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=S3_ACCESS_KEY,
+            aws_secret_access_key=S3_SECRET_KEY,
+            region_name="us-east-1",
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 0},
+                connect_timeout=1,
+                read_timeout=5,
+            ),
+        )
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
         client, deadline, last = self.client(), time.monotonic() + timeout, None
@@ -200,8 +253,9 @@ class Orthanc(Peer):
 
     name = "orthanc"
 
-    def __init__(self, modalities: dict[str, tuple[str, str, int]] | None = None,
-                 plugins: bool = True) -> None:
+    def __init__(
+        self, modalities: dict[str, tuple[str, str, int]] | None = None, plugins: bool = True
+    ) -> None:
         super().__init__()
         self.modalities = modalities or {}
         self.plugins = plugins
@@ -210,19 +264,33 @@ class Orthanc(Peer):
         self.http_port, self.dicom_port, self.ae_title = free_port(), free_port(), "ORTHANC"
         plugin = Path("/usr/share/orthanc/plugins/libOrthancGdcm.so")
         config = {
-            "Name": "ZB-TEST-ORTHANC", "StorageDirectory": str(self.dir / "db"),
+            "Name": "ZB-TEST-ORTHANC",
+            "StorageDirectory": str(self.dir / "db"),
             "IndexDirectory": str(self.dir / "db"),
             "Plugins": [str(plugin)] if self.plugins and plugin.exists() else [],
-            "HttpServerEnabled": True, "HttpPort": self.http_port, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": True, "RegisteredUsers": {ORTHANC_USER: ORTHANC_PASSWORD},
-            "DicomServerEnabled": True, "DicomAet": self.ae_title, "DicomPort": self.dicom_port,
-            "DicomCheckCalledAet": False, "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowFind": False,
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {ORTHANC_USER: ORTHANC_PASSWORD},
+            "DicomServerEnabled": True,
+            "DicomAet": self.ae_title,
+            "DicomPort": self.dicom_port,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": False,
             "DicomAlwaysAllowMove": False,
             "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
-            "DicomScuTimeout": 10, "DicomAssociationCloseDelay": 0, "StableAge": 2,
-            "SaveJobs": False, "ConcurrentJobs": 2, "SynchronousCMove": True,
-            "OverwriteInstances": True, "StorageCompression": False, "Gdcm": {"Enable": True},
+            "DicomScuTimeout": 10,
+            "DicomAssociationCloseDelay": 0,
+            "StableAge": 2,
+            "SaveJobs": False,
+            "ConcurrentJobs": 2,
+            "SynchronousCMove": True,
+            "OverwriteInstances": True,
+            "StorageCompression": False,
+            "Gdcm": {"Enable": True},
         }
         path = self.dir / "orthanc.json"
         path.write_text(json.dumps(config))
@@ -231,8 +299,13 @@ class Orthanc(Peer):
         wait_for_port(self.http_port, proc=self.proc)
         wait_for_port(self.dicom_port, proc=self.proc)
 
-    def rest(self, method: str, path: str, body: bytes | None = None,
-             content_type: str = "application/json") -> object:
+    def rest(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> object:
         request = urllib.request.Request(self.url + path, data=body, method=method)
         request.add_header("Content-Type", content_type)
         token = f"{ORTHANC_USER}:{ORTHANC_PASSWORD}".encode()
@@ -252,21 +325,34 @@ class StoreSCP(Peer):
     def start(self) -> None:
         self.port, self.ae_title = free_port(), "STORESCP"
         (self.dir / "out").mkdir()
-        self._spawn([shutil.which("storescp") or "storescp", "-aet", self.ae_title,
-                     "-od", str(self.dir / "out"), "+xa", "+B", "--max-pdu", "131072",
-                     str(self.port)], env={**os.environ, "TCP_NODELAY": "1"})
+        self._spawn(
+            [
+                shutil.which("storescp") or "storescp",
+                "-aet",
+                self.ae_title,
+                "-od",
+                str(self.dir / "out"),
+                "+xa",
+                "+B",
+                "--max-pdu",
+                "131072",
+                str(self.port),
+            ],
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
         wait_for_port(self.port, proc=self.proc)
 
 
 def main() -> None:
     with PostgreSQL() as pg, SeaweedFS() as s3, Orthanc() as pacs:
-        print(f"PostgreSQL {pg.admin_url}\nS3 {s3.endpoint} ({S3_ACCESS_KEY})\n"
-              f"Orthanc {pacs.url} DICOM {pacs.ae_title}@127.0.0.1:{pacs.dicom_port}\n"
-              "Ctrl-C stops them.", flush=True)
-        try:
+        print(
+            f"PostgreSQL {pg.admin_url}\nS3 {s3.endpoint} ({S3_ACCESS_KEY})\n"
+            f"Orthanc {pacs.url} DICOM {pacs.ae_title}@127.0.0.1:{pacs.dicom_port}\n"
+            "Ctrl-C stops them.",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":

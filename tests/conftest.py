@@ -47,17 +47,27 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, object]
     if request.param == "file":
         return {"storage_url": (tmp_path / "objects").as_uri()}
     server: SeaweedFS = request.getfixturevalue("s3")
-    return {"storage_url": f"s3://{TEST_BUCKET}/{uuid.uuid4().hex[:8]}",
-            "s3_endpoint_url": server.endpoint, "s3_access_key": S3_ACCESS_KEY,
-            "s3_secret_key": S3_SECRET_KEY}
+    return {
+        "storage_url": f"s3://{TEST_BUCKET}/{uuid.uuid4().hex[:8]}",
+        "s3_endpoint_url": server.endpoint,
+        "s3_access_key": S3_ACCESS_KEY,
+        "s3_secret_key": S3_SECRET_KEY,
+    }
 
 
-def make_settings(tmp_path: Path, database_url: str, storage: dict[str, object],
-                  **overrides: object) -> Settings:
+def make_settings(
+    tmp_path: Path, database_url: str, storage: dict[str, object], **overrides: object
+) -> Settings:
     values: dict[str, object] = {
-        "environment": "test", "data_dir": tmp_path / "var", "database_url": database_url,
-        "dicom_host": "127.0.0.1", "dicom_port": free_port(), "study_quiet_seconds": 1.0,
-        "worker_interval_seconds": 0.2, **storage, **overrides,
+        "environment": "test",
+        "data_dir": tmp_path / "var",
+        "database_url": database_url,
+        "dicom_host": "127.0.0.1",
+        "dicom_port": free_port(),
+        "study_quiet_seconds": 1.0,
+        "worker_interval_seconds": 0.2,
+        **storage,
+        **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]
 
@@ -83,8 +93,9 @@ def session(runtime: Runtime) -> Iterator[Session]:
 @pytest.fixture
 def tenant_id(runtime: Runtime) -> int:
     with transaction(runtime.sessions) as db:
-        tenant = tenants.create_tenant(session=db, slug="acme", name="Acme Ziekenhuis",
-                                       ae_titles=[CALLING_AE, "STORESCU"])
+        tenant = tenants.create_tenant(
+            session=db, slug="acme", name="Acme Ziekenhuis", ae_titles=[CALLING_AE, "STORESCU"]
+        )
         return tenant.id
 
 
@@ -102,13 +113,14 @@ class Node:
 
 
 def start_node(runtime: Runtime, tenant_id: int) -> Node:
-    from dicom_ingest.pipeline import Pipeline
     from dicom_ingest.server import start_dicom_server
+    from dicom_ingest.stager import StagerProcess
 
-    pipeline = Pipeline(settings=runtime.settings, store=runtime.store, sessions=runtime.sessions)
+    pipeline = StagerProcess(settings=runtime.settings, store=runtime.store)
     pipeline.start()
-    server = start_dicom_server(settings=runtime.settings, sessions=runtime.sessions,
-                                pipeline=pipeline)
+    server = start_dicom_server(
+        settings=runtime.settings, sessions=runtime.sessions, pipeline=pipeline
+    )
     return Node(runtime, pipeline, server, runtime.settings.dicom_port, tenant_id)
 
 

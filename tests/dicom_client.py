@@ -12,8 +12,9 @@ from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 
-def store(port: int, datasets: list[Dataset], *, calling: str = "TESTSCU",
-          abort_after: int | None = None) -> list[int | None]:
+def store(
+    port: int, datasets: list[Dataset], *, calling: str = "TESTSCU", abort_after: int | None = None
+) -> list[int | None]:
     """Send datasets over one association; return each C-STORE status (None: no answer)."""
     ae = AE(ae_title=calling)
     for ds in datasets:

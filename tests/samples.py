@@ -70,14 +70,20 @@ def dataset_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     meta_length = int(ds.file_meta.FileMetaInformationGroupLength)
-    return data[132 + 12 + meta_length:]
+    return data[132 + 12 + meta_length :]
 
 
 def storescu_config(files: list[Path], target: Path) -> Path:
     """A dcmtk association profile proposing each file's exact SOP class and syntax."""
-    pairs = sorted({(str(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID),
-                     str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID))
-                    for f in files})
+    pairs = sorted(
+        {
+            (
+                str(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID),
+                str(pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID),
+            )
+            for f in files
+        }
+    )
     syntaxes = sorted({ts for _, ts in pairs})
     lines = ["[[TransferSyntaxes]]"]
     for i, ts in enumerate(syntaxes):

@@ -26,8 +26,11 @@ from zorgbericht.settings import Settings
 from zorgbericht.staging import service as staging
 from zorgbericht.tenants import service as tenants
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Share imaging studies through a secure 14-day link.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Share imaging studies through a secure 14-day link.",
+)
 tenant_app = typer.Typer(no_args_is_help=True, help="Institutions.")
 user_app = typer.Typer(no_args_is_help=True, help="Staff accounts.")
 apikey_app = typer.Typer(no_args_is_help=True, help="API keys for PACS integrations.")
@@ -57,17 +60,24 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 def serve(
     host: Annotated[str, typer.Option(help="address of the web app")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port of the web app")] = 8000,
-    dicom_port: Annotated[int | None, typer.Option(help="DICOM port [default: ZB_DICOM_PORT]")] = None,
-    no_dicom: Annotated[bool, typer.Option("--no-dicom", help="do not run the DICOM receiver")] = False,
-    no_worker: Annotated[bool, typer.Option("--no-worker", help="do not run the background worker")] = False,
+    dicom_port: Annotated[
+        int | None, typer.Option(help="DICOM port [default: ZB_DICOM_PORT]")
+    ] = None,
+    no_dicom: Annotated[
+        bool, typer.Option("--no-dicom", help="do not run the DICOM receiver")
+    ] = False,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="do not run the background worker")
+    ] = False,
 ) -> None:
     """Run the web app, plus the DICOM receiver and the background worker."""
     runtime = _runtime()
     _serve(runtime, host, port, dicom_port, dicom=not no_dicom, background=not no_worker)
 
 
-def _serve(runtime: Runtime, host: str, port: int, dicom_port: int | None, *, dicom: bool,
-           background: bool) -> None:
+def _serve(
+    runtime: Runtime, host: str, port: int, dicom_port: int | None, *, dicom: bool, background: bool
+) -> None:
     import uvicorn
 
     from zorgbericht.app import create_app
@@ -79,8 +89,13 @@ def _serve(runtime: Runtime, host: str, port: int, dicom_port: int | None, *, di
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _exit_cleanly)
     try:
-        uvicorn.run(create_app(runtime=runtime), host=host, port=port,
-                    log_level=runtime.settings.log_level.lower(), proxy_headers=True)
+        uvicorn.run(
+            create_app(runtime=runtime),
+            host=host,
+            port=port,
+            log_level=runtime.settings.log_level.lower(),
+            proxy_headers=True,
+        )
     finally:
         if stop:
             stop.set()
@@ -94,14 +109,15 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
 
 
 def _start_dicom(runtime: Runtime, port: int | None):  # type: ignore[no-untyped-def]
-    from dicom_ingest.pipeline import Pipeline
     from dicom_ingest.server import start_dicom_server
+    from dicom_ingest.stager import StagerProcess
 
-    pipeline = Pipeline(settings=runtime.settings, store=runtime.store, sessions=runtime.sessions)
-    pipeline.start()
-    server = start_dicom_server(settings=runtime.settings, sessions=runtime.sessions,
-                                pipeline=pipeline, port=port)
-    return server, pipeline
+    stager = StagerProcess(settings=runtime.settings, store=runtime.store)
+    stager.start()
+    server = start_dicom_server(
+        settings=runtime.settings, sessions=runtime.sessions, pipeline=stager, port=port
+    )
+    return server, stager
 
 
 def _stop_dicom(node) -> None:  # type: ignore[no-untyped-def]
@@ -118,7 +134,9 @@ def _wait_for_signal() -> None:
 
 
 @app.command()
-def dicom(port: Annotated[int | None, typer.Option(help="DICOM port [default: ZB_DICOM_PORT]")] = None) -> None:
+def dicom(
+    port: Annotated[int | None, typer.Option(help="DICOM port [default: ZB_DICOM_PORT]")] = None,
+) -> None:
     """Run only the DICOM receiver (scaled deployments)."""
     runtime = _runtime()
     node = _start_dicom(runtime, port)
@@ -150,15 +168,18 @@ def tenant_create(
     slug: str,
     name: Annotated[str, typer.Option(help="display name used in mails and pages")],
     ae: Annotated[list[str], typer.Option(help="calling AE title allowed to send to us")],
-    pacs: Annotated[str | None, typer.Option(help="PACS for C-FIND/C-MOVE, as AET@HOST:PORT")] = None,
+    pacs: Annotated[
+        str | None, typer.Option(help="PACS for C-FIND/C-MOVE, as AET@HOST:PORT")
+    ] = None,
     language: Annotated[str, typer.Option(help="default language: nl or en")] = "nl",
 ) -> None:
     """Create an institution."""
     runtime = _runtime()
     try:
         with transaction(runtime.sessions) as session:
-            tenant = tenants.create_tenant(session=session, slug=slug, name=name, ae_titles=ae,
-                                           pacs=pacs, language=language)
+            tenant = tenants.create_tenant(
+                session=session, slug=slug, name=name, ae_titles=ae, pacs=pacs, language=language
+            )
             typer.echo(f"tenant {tenant.slug} created (AE titles: {', '.join(sorted(ae))})")
     except DomainError as exc:
         raise _fail(exc.detail) from None
@@ -169,7 +190,9 @@ def user_create(
     email: str,
     tenant: Annotated[str, typer.Option(help="tenant slug")],
     role: Annotated[str, typer.Option(help="staff or admin")],
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read the password from standard input")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from standard input")
+    ] = False,
     name: Annotated[str, typer.Option(help="display name")] = "",
 ) -> None:
     """Create a staff account."""
@@ -180,8 +203,9 @@ def user_create(
     try:
         with transaction(runtime.sessions) as session:
             owner = tenants.get_tenant(session=session, slug=tenant)
-            user = tenants.create_user(session=session, tenant=owner, email=email,
-                                       password=password, role=role, name=name)
+            user = tenants.create_user(
+                session=session, tenant=owner, email=email, password=password, role=role, name=name
+            )
             typer.echo(f"user {user.email} ({user.role}) created in {owner.slug}")
     except DomainError as exc:
         raise _fail(exc.detail) from None
@@ -219,9 +243,11 @@ def import_command(
     except DomainError as exc:
         raise _fail(exc.detail) from None
     result = _import(runtime, path, tenant_id, show_progress=True)
-    typer.echo(f"staged {result.staged} instances of {len(result.studies)} stud"
-               f"{'y' if len(result.studies) == 1 else 'ies'}; skipped {result.skipped} "
-               f"non-DICOM files; refused {result.refused} unreadable")
+    typer.echo(
+        f"staged {result.staged} instances of {len(result.studies)} stud"
+        f"{'y' if len(result.studies) == 1 else 'ies'}; skipped {result.skipped} "
+        f"non-DICOM files; refused {result.refused} unreadable"
+    )
     runtime.close()
     if result.refused:
         raise typer.Exit(2)
@@ -233,9 +259,13 @@ def _import(runtime: Runtime, path: Path, tenant_id: int, *, show_progress: bool
 
     pipeline = Pipeline(settings=runtime.settings, store=runtime.store, sessions=runtime.sessions)
     pipeline.start()
-    columns = [TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.completed} files"), TextColumn("{task.fields[rate]} instances/s"),
-               TimeElapsedColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed} files"),
+        TextColumn("{task.fields[rate]} instances/s"),
+        TimeElapsedColumn(),
+    ]
     try:
         with Progress(*columns, console=err, disable=not show_progress) as bar:
             task = bar.add_task("importing", total=None, rate="0")
@@ -246,11 +276,19 @@ def _import(runtime: Runtime, path: Path, tenant_id: int, *, show_progress: bool
                 done = bar.tasks[0].completed + 1
                 bar.update(task, advance=1, rate=f"{done / elapsed:.0f}")
 
-            result = import_path(path=path, tenant_id=tenant_id, pipeline=pipeline,
-                                 actor=audit.Actor("cli", "import"), progress=tick)
+            result = import_path(
+                path=path,
+                tenant_id=tenant_id,
+                pipeline=pipeline,
+                actor=audit.Actor("cli", "import"),
+                progress=tick,
+            )
         with transaction(runtime.sessions) as session:
-            staging.settle_studies(session=session, quiet=timedelta(seconds=runtime.settings.study_quiet_seconds),
-                                   force_uids=[(tenant_id, uid) for uid in result.studies])
+            staging.settle_studies(
+                session=session,
+                quiet=timedelta(seconds=runtime.settings.study_quiet_seconds),
+                force_uids=[(tenant_id, uid) for uid in result.studies],
+            )
     except FileNotFoundError as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -281,10 +319,12 @@ def studies(
         typer.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        typer.echo(f"{row['tenant']:12} {row['state']:9} {row['patient_id'] or '-':14} "
-                   f"{row['study_date'] or '-':10} {'/'.join(row['modalities']):8} "
-                   f"{row['series_count']:3} series {row['instance_count']:5} inst  "
-                   f"{row['description'] or ''}")
+        typer.echo(
+            f"{row['tenant']:12} {row['state']:9} {row['patient_id'] or '-':14} "
+            f"{row['study_date'] or '-':10} {'/'.join(row['modalities']):8} "
+            f"{row['series_count']:3} series {row['instance_count']:5} inst  "
+            f"{row['description'] or ''}"
+        )
     if not rows:
         typer.echo("nothing staged")
 
@@ -301,8 +341,10 @@ def audit_verify() -> None:
     if report.ok:
         typer.echo(f"audit trail intact: {report.checked} events")
         return
-    raise _fail(f"audit trail broken at event {report.first_broken_seq}: {report.reason} "
-                f"({report.checked} events before it are intact)")
+    raise _fail(
+        f"audit trail broken at event {report.first_broken_seq}: {report.reason} "
+        f"({report.checked} events before it are intact)"
+    )
 
 
 @audit_app.command("export")
@@ -324,9 +366,13 @@ def audit_export(
         for chunk in audit.export(session=session, tenant_id=tenant_id, since=since, fmt=fmt):
             sys.stdout.write(chunk)
     with transaction(runtime.sessions) as session:
-        audit.record(session=session, event=audit.Ev.audit_exported,
-                     actor=audit.Actor("cli", "audit-export"), tenant_id=tenant_id,
-                     details={"format": fmt, "since": since.isoformat() if since else None})
+        audit.record(
+            session=session,
+            event=audit.Ev.audit_exported,
+            actor=audit.Actor("cli", "audit-export"),
+            tenant_id=tenant_id,
+            details={"format": fmt, "since": since.isoformat() if since else None},
+        )
 
 
 # -- demo ------------------------------------------------------------------------------
@@ -338,7 +384,9 @@ DEMO_AE_TITLES = ["STORESCU", "ECHOSCU", "FINDSCU", "MOVESCU", "DEMO-MODALITY"]
 def demo(
     host: Annotated[str, typer.Option(help="address of the web app")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port of the web app")] = 8000,
-    dicom_port: Annotated[int | None, typer.Option(help="DICOM port [default: ZB_DICOM_PORT]")] = None,
+    dicom_port: Annotated[
+        int | None, typer.Option(help="DICOM port [default: ZB_DICOM_PORT]")
+    ] = None,
 ) -> None:
     """Set up a demo tenant, an API key and a synthetic study, then serve."""
     runtime = _runtime()
@@ -349,12 +397,19 @@ def demo(
 
         owner = session.scalar(select(Tenant).where(Tenant.slug == "demo"))
         if owner is None:
-            owner = tenants.create_tenant(session=session, slug="demo", name="Demo Ziekenhuis",
-                                          ae_titles=DEMO_AE_TITLES)
+            owner = tenants.create_tenant(
+                session=session, slug="demo", name="Demo Ziekenhuis", ae_titles=DEMO_AE_TITLES
+            )
         password = secrets.token_urlsafe(12)
         email = f"staff-{secrets.token_hex(3)}@demo.invalid"
-        tenants.create_user(session=session, tenant=owner, email=email, password=password,
-                            role="admin", name="Demo admin")
+        tenants.create_user(
+            session=session,
+            tenant=owner,
+            email=email,
+            password=password,
+            role="admin",
+            name="Demo admin",
+        )
         key, _ = tenants.create_api_key(session=session, tenant=owner, label="demo")
         tenant_id = owner.id
     from dicom_ingest.synthetic import write_study
@@ -364,17 +419,21 @@ def demo(
         _import(runtime, Path(folder), tenant_id, show_progress=False)
     public = runtime.settings.public_url.rstrip("/")
     dport = dicom_port or runtime.settings.dicom_port
-    typer.echo(f"""
+    typer.echo(
+        f"""
 zorgbericht demo is running
   web app        http://{host}:{port}/healthz   API docs http://{host}:{port}/api/docs
   public URL     {public}
   admin account  {email}  password {password}
   API key        {key}
   try            curl -H 'Authorization: Bearer {key}' http://{host}:{port}/api/v1/studies
-  DICOM node     AE {runtime.settings.dicom_ae_title} on port {dport}; calling AE titles {', '.join(DEMO_AE_TITLES)}
+  DICOM node     AE {runtime.settings.dicom_ae_title} on port {dport}
+  calling AEs    {", ".join(DEMO_AE_TITLES)}
   push a study   storescu -aec {runtime.settings.dicom_ae_title} +sd +r 127.0.0.1 {dport} FOLDER/
   what's staged  zorgbericht studies
-""", err=False)
+""",
+        err=False,
+    )
     _serve(runtime, host, port, dicom_port, dicom=True, background=True)
 
 

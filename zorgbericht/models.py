@@ -6,6 +6,14 @@ from zorgbericht.staging.models import Instance, Series, Study
 from zorgbericht.tenants.models import ApiKey, StaffUser, Tenant, TenantAETitle
 
 __all__ = [
-    "ApiKey", "AuditEvent", "AuditHead", "Base", "Instance", "Series", "StaffUser", "Study",
-    "Tenant", "TenantAETitle",
+    "ApiKey",
+    "AuditEvent",
+    "AuditHead",
+    "Base",
+    "Instance",
+    "Series",
+    "StaffUser",
+    "Study",
+    "Tenant",
+    "TenantAETitle",
 ]

@@ -35,7 +35,8 @@ def run_forever(runtime: Runtime, stop: threading.Event) -> None:
 
 def start_thread(runtime: Runtime) -> tuple[threading.Thread, threading.Event]:
     stop = threading.Event()
-    thread = threading.Thread(target=run_forever, args=(runtime, stop), name="zb-worker",
-                              daemon=True)
+    thread = threading.Thread(
+        target=run_forever, args=(runtime, stop), name="zb-worker", daemon=True
+    )
     thread.start()
     return thread, stop

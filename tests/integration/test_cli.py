@@ -27,15 +27,22 @@ ZB = str(Path(sys.executable).parent / "zorgbericht")
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return {
-        **os.environ, "ZB_DATA_DIR": str(tmp_path / "var"), "ZB_DICOM_PORT": str(free_port()),
-        "ZB_STUDY_QUIET_SECONDS": "1", "ZB_WORKER_INTERVAL_SECONDS": "0.2",
-        "ZB_DICOM_HOST": "127.0.0.1", "TCP_NODELAY": "1",
+        **os.environ,
+        "ZB_DATA_DIR": str(tmp_path / "var"),
+        "ZB_DICOM_PORT": str(free_port()),
+        "ZB_STUDY_QUIET_SECONDS": "1",
+        "ZB_WORKER_INTERVAL_SECONDS": "0.2",
+        "ZB_DICOM_HOST": "127.0.0.1",
+        "TCP_NODELAY": "1",
     }
 
 
-def zb(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ZB, *args], env=env, input=stdin, capture_output=True, text=True,
-                          timeout=300)
+def zb(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ZB, *args], env=env, input=stdin, capture_output=True, text=True, timeout=300
+    )
 
 
 def studies(env: dict[str, str], *args: str) -> list[dict[str, object]]:
@@ -46,11 +53,29 @@ def studies(env: dict[str, str], *args: str) -> list[dict[str, object]]:
 
 @pytest.fixture
 def server(env: dict[str, str]) -> Iterator[str]:
-    assert zb(env, "tenant", "create", "acme", "--name", "Acme Ziekenhuis", "--ae", "STORESCU",
-              "--pacs", "ORTHANC@127.0.0.1:4242").returncode == 0
+    assert (
+        zb(
+            env,
+            "tenant",
+            "create",
+            "acme",
+            "--name",
+            "Acme Ziekenhuis",
+            "--ae",
+            "STORESCU",
+            "--pacs",
+            "ORTHANC@127.0.0.1:4242",
+        ).returncode
+        == 0
+    )
     port = free_port()
-    proc = subprocess.Popen([ZB, "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [ZB, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for_port(port, proc=proc)
         wait_for_port(int(env["ZB_DICOM_PORT"]), proc=proc)
@@ -65,10 +90,25 @@ def test_storescu_into_serve_lists_a_stable_study_with_correct_counts(
     env: dict[str, str], server: str, tmp_path: Path
 ) -> None:
     study_uid, files = mixed_study(tmp_path / "in")
-    sent = subprocess.run(["storescu", "-aec", "ZORGBERICHT", "+sd", "+r", "-xf",
-                           str(Path(__file__).parent.parent / "data" / "storescu-mixed.cfg"),
-                           "Mixed", "127.0.0.1", env["ZB_DICOM_PORT"], str(tmp_path / "in")],
-                          env=env, capture_output=True, text=True, timeout=120)
+    sent = subprocess.run(
+        [
+            "storescu",
+            "-aec",
+            "ZORGBERICHT",
+            "+sd",
+            "+r",
+            "-xf",
+            str(Path(__file__).parent.parent / "data" / "storescu-mixed.cfg"),
+            "Mixed",
+            "127.0.0.1",
+            env["ZB_DICOM_PORT"],
+            str(tmp_path / "in"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert sent.returncode == 0, sent.stderr
 
     def stable() -> dict[str, object] | None:
@@ -82,7 +122,9 @@ def test_storescu_into_serve_lists_a_stable_study_with_correct_counts(
     assert zb(env, "audit", "verify").returncode == 0
 
 
-def test_api_lists_studies_for_a_valid_key_only(env: dict[str, str], server: str, tmp_path: Path) -> None:
+def test_api_lists_studies_for_a_valid_key_only(
+    env: dict[str, str], server: str, tmp_path: Path
+) -> None:
     from dicom_ingest.synthetic import write_study
 
     write_study(tmp_path / "a", series=1, slices=2, size=64)
@@ -94,14 +136,20 @@ def test_api_lists_studies_for_a_valid_key_only(env: dict[str, str], server: str
         assert "swagger" in client.get("/api/docs").text.lower()
         assert "/api/v1/studies" in client.get("/api/openapi.json").json()["paths"]
         assert client.get("/api/v1/studies").status_code == 401
-        assert client.get("/api/v1/studies",
-                          headers={"Authorization": "Bearer zb_nope_nope"}).status_code == 401
+        assert (
+            client.get(
+                "/api/v1/studies", headers={"Authorization": "Bearer zb_nope_nope"}
+            ).status_code
+            == 401
+        )
         auth = {"Authorization": f"Bearer {key}"}
         listed = client.get("/api/v1/studies", headers=auth).json()
         assert [s["instance_count"] for s in listed] == [2]
         assert listed[0]["state"] == "stable" and listed[0]["modalities"] == ["CT"]
-        assert client.get("/api/v1/studies", params={"patient_id": "nobody"},
-                          headers=auth).json() == []
+        assert (
+            client.get("/api/v1/studies", params={"patient_id": "nobody"}, headers=auth).json()
+            == []
+        )
 
 
 def test_import_takes_a_folder_a_zip_and_a_dicomdir(env: dict[str, str], tmp_path: Path) -> None:
@@ -129,8 +177,11 @@ def test_import_takes_a_folder_a_zip_and_a_dicomdir(env: dict[str, str], tmp_pat
     assert zb(env, "import", str(tmp_path / "cd" / "DICOMDIR"), "--tenant", "acme").returncode == 0
 
     counts = {s["study_uid"]: (s["instance_count"], s["state"]) for s in studies(env)}
-    assert counts == {study_uid: (len(files), "stable"), zipped_uid: (6, "stable"),
-                      media_uid: (4, "stable")}
+    assert counts == {
+        study_uid: (len(files), "stable"),
+        zipped_uid: (6, "stable"),
+        media_uid: (4, "stable"),
+    }
 
 
 def test_bad_operator_input_gets_a_clear_error(env: dict[str, str], tmp_path: Path) -> None:
@@ -139,11 +190,31 @@ def test_bad_operator_input_gets_a_clear_error(env: dict[str, str], tmp_path: Pa
     assert zb(env, "tenant", "create", "acme", "--name", "Acme", "--ae", "STORESCU").returncode == 0
     taken = zb(env, "tenant", "create", "other", "--name", "Other", "--ae", "STORESCU")
     assert taken.returncode != 0 and "already belong" in taken.stderr
-    short = zb(env, "user", "create", "a@b.nl", "--tenant", "acme", "--role", "staff",
-               "--password-stdin", stdin="short\n")
+    short = zb(
+        env,
+        "user",
+        "create",
+        "a@b.nl",
+        "--tenant",
+        "acme",
+        "--role",
+        "staff",
+        "--password-stdin",
+        stdin="short\n",
+    )
     assert short.returncode != 0 and "at least 12" in short.stderr
-    good = zb(env, "user", "create", "a@b.nl", "--tenant", "acme", "--role", "admin",
-              "--password-stdin", stdin="correct horse battery\n")
+    good = zb(
+        env,
+        "user",
+        "create",
+        "a@b.nl",
+        "--tenant",
+        "acme",
+        "--role",
+        "admin",
+        "--password-stdin",
+        stdin="correct horse battery\n",
+    )
     assert good.returncode == 0, good.stderr
     missing = zb(env, "import", str(tmp_path / "nothing-here"), "--tenant", "acme")
     assert missing.returncode != 0 and "nothing-here" in missing.stderr
@@ -152,8 +223,13 @@ def test_bad_operator_input_gets_a_clear_error(env: dict[str, str], tmp_path: Pa
 
 def test_demo_stages_a_study_and_prints_a_working_api_key(env: dict[str, str]) -> None:
     port = free_port()
-    proc = subprocess.Popen([ZB, "demo", "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [ZB, "demo", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         wait_for_port(port, timeout=120, proc=proc)
         assert proc.stdout is not None
@@ -161,8 +237,9 @@ def test_demo_stages_a_study_and_prints_a_working_api_key(env: dict[str, str]) -
         while not any(line.strip().startswith("API key") for line in lines):
             lines.append(proc.stdout.readline())
         key = next(line.split()[-1] for line in lines if line.strip().startswith("API key"))
-        listed = httpx.get(f"http://127.0.0.1:{port}/api/v1/studies",
-                           headers={"Authorization": f"Bearer {key}"}).json()
+        listed = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/studies", headers={"Authorization": f"Bearer {key}"}
+        ).json()
         assert len(listed) == 1 and listed[0]["state"] == "stable"
         assert listed[0]["instance_count"] == 60
     finally:

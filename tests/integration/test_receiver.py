@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from tests.conftest import Node, start_node, stop_node
 from infra.peers import StoreSCP
+from tests.conftest import Node, start_node, stop_node
 from tests.dicom_client import echo, load, store, store_files, wait_until
 from tests.samples import dataset_bytes, mixed_study, relabel, storescu_config
 from zorgbericht import worker
@@ -40,22 +40,41 @@ def _stable(node: Node, study_uid: str) -> Study | None:
 
 def _instances(node: Node, study_uid: str) -> list[Instance]:
     with node.runtime.sessions() as db:
-        return list(db.scalars(select(Instance).join(Series).join(Study)
-                               .where(Study.study_uid == study_uid)))
+        return list(
+            db.scalars(
+                select(Instance).join(Series).join(Study).where(Study.study_uid == study_uid)
+            )
+        )
 
 
 def _storescu(port: int, ae_title: str, config: Path, files: list[Path]) -> None:
     sent = subprocess.run(
-        ["storescu", "-aet", "TESTSCU", "-aec", ae_title, "-xf", str(config), "Mixed",
-         "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=120)
+        [
+            "storescu",
+            "-aet",
+            "TESTSCU",
+            "-aec",
+            ae_title,
+            "-xf",
+            str(config),
+            "Mixed",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        timeout=120,
+    )
     assert sent.returncode == 0, sent.stderr
 
 
 def _check_previews(node: Node, instance: Instance) -> None:
     assert instance.preview_state == PreviewState.done, instance.preview_error
-    thumb = Image.open(io.BytesIO(node.runtime.store.get_bytes(
-        staging.preview_key(instance.object_key, "thumb"))))
+    thumb = Image.open(
+        io.BytesIO(node.runtime.store.get_bytes(staging.preview_key(instance.object_key, "thumb")))
+    )
     assert max(thumb.size) <= 256
     last = staging.preview_key(instance.object_key, "preview", instance.frames - 1)
     assert Image.open(io.BytesIO(node.runtime.store.get_bytes(last))).format == "JPEG"
@@ -69,10 +88,16 @@ def test_storescu_mixed_syntax_study_arrives_as_dcmtk_receives_it_indexed_and_pr
     _storescu(node.port, "ZORGBERICHT", config, files)
     with StoreSCP() as reference:  # dcmtk, bit-preserving: what storescu put on the wire
         # storescp +xa does not accept JPEG lossless process 14: the reference gets the rest.
-        _storescu(reference.port, reference.ae_title, config,
-                  [f for f in files if "process14" not in f.name])
-        wire = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: dataset_bytes(p)
-                for p in (reference.dir / "out").iterdir()}
+        _storescu(
+            reference.port,
+            reference.ae_title,
+            config,
+            [f for f in files if "process14" not in f.name],
+        )
+        wire = {
+            pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: dataset_bytes(p)
+            for p in (reference.dir / "out").iterdir()
+        }
 
     study = wait_until(lambda: _stable(node, study_uid), timeout=60)
     assert study.instance_count == study.series_count == len(files)
@@ -114,13 +139,18 @@ def test_instances_are_stored_byte_for_byte_as_sent(node: Node, tmp_path: Path) 
 def test_unknown_calling_ae_is_refused_at_association(node: Node) -> None:
     assert echo(node.port, calling="TESTSCU")
     assert not echo(node.port, calling="INTRUDER")
-    result = subprocess.run(["echoscu", "-aet", "INTRUDER", "-aec", "ZORGBERICHT", "127.0.0.1",
-                             str(node.port)], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["echoscu", "-aet", "INTRUDER", "-aec", "ZORGBERICHT", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode != 0
     assert "Calling AE Title Not Recognized" in result.stderr + result.stdout
     with node.runtime.sessions() as db:
-        refused = db.scalars(select(AuditEvent).where(
-            AuditEvent.event == "dicom.association.refused")).all()
+        refused = db.scalars(
+            select(AuditEvent).where(AuditEvent.event == "dicom.association.refused")
+        ).all()
     assert len(refused) == 2 and {r.actor_id for r in refused} == {"INTRUDER"}
     assert all(r.event_code == "110113" and r.outcome == 4 for r in refused)
 
@@ -152,7 +182,9 @@ def test_aborted_association_never_lists_the_study_as_stable(node: Node, tmp_pat
     assert study.instance_count == 6 and not study.interrupted
 
 
-def test_missing_identifier_is_refused_with_c211_and_not_indexed(node: Node, tmp_path: Path) -> None:
+def test_missing_identifier_is_refused_with_c211_and_not_indexed(
+    node: Node, tmp_path: Path
+) -> None:
     _, files = mixed_study(tmp_path / "in", with_process14=False)
     ds = pydicom.dcmread(files[0])
     del ds.StudyInstanceUID
@@ -169,8 +201,12 @@ def test_unreachable_object_store_answers_a700_and_indexes_nothing(
     from tests.conftest import make_settings
     from zorgbericht.runtime import build_runtime
 
-    dead = {"storage_url": "s3://zb-test/x", "s3_endpoint_url": f"http://127.0.0.1:{free_port()}",
-            "s3_access_key": "k", "s3_secret_key": "s"}
+    dead = {
+        "storage_url": "s3://zb-test/x",
+        "s3_endpoint_url": f"http://127.0.0.1:{free_port()}",
+        "s3_access_key": "k",
+        "s3_secret_key": "s",
+    }
     broken = build_runtime(make_settings(tmp_path, database_url, dead), run_migrations=False)
     node = start_node(broken, tenant_id)
     try:

@@ -17,9 +17,15 @@ pytestmark = pytest.mark.peers  # runs on SQLite and on the PostgreSQL peer
 def _write(runtime: Runtime, n: int) -> None:
     with transaction(runtime.sessions) as db:
         for i in range(n):
-            audit.record(session=db, event=audit.Ev.studies_queried, tenant_id=1,
-                         actor=audit.Actor("staff", f"staff:{i}", ip="10.0.0.1"),
-                         patient_id="P1", bsn="123456782", details={"i": i})
+            audit.record(
+                session=db,
+                event=audit.Ev.studies_queried,
+                tenant_id=1,
+                actor=audit.Actor("staff", f"staff:{i}", ip="10.0.0.1"),
+                patient_id="P1",
+                bsn="123456782",
+                details={"i": i},
+            )
 
 
 def _drop_guard(runtime: Runtime) -> None:
@@ -44,8 +50,10 @@ def test_events_chain_and_verify(runtime: Runtime) -> None:
     assert {r.bsn_last3 for r in rows} == {"782"}
 
 
-@pytest.mark.parametrize("statement", ["UPDATE audit_event SET outcome = 4 WHERE seq = 2",
-                                       "DELETE FROM audit_event WHERE seq = 2"])
+@pytest.mark.parametrize(
+    "statement",
+    ["UPDATE audit_event SET outcome = 4 WHERE seq = 2", "DELETE FROM audit_event WHERE seq = 2"],
+)
 def test_database_refuses_to_change_the_trail(runtime: Runtime, statement: str) -> None:
     _write(runtime, 3)
     with pytest.raises(DBAPIError, match="append-only"), runtime.engine.begin() as conn:
@@ -84,8 +92,13 @@ def test_truncated_tail_is_detected(runtime: Runtime) -> None:
 @pytest.mark.parametrize("key", ["code", "birth_date", "session_id", "bsn", "Password"])
 def test_secrets_are_refused_in_details(runtime: Runtime, key: str) -> None:
     with runtime.sessions() as db, pytest.raises(ValueError, match="may not carry"):
-        audit.record(session=db, event=audit.Ev.studies_queried, tenant_id=1,
-                     actor=audit.SYSTEM, details={key: "x"})
+        audit.record(
+            session=db,
+            event=audit.Ev.studies_queried,
+            tenant_id=1,
+            actor=audit.SYSTEM,
+            details={key: "x"},
+        )
 
 
 def test_export_writes_jsonl_and_csv_for_one_tenant(runtime: Runtime) -> None:

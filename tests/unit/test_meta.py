@@ -75,8 +75,9 @@ def _elfproef(nine_digits: str) -> bool:
     return sum(w * int(d) for w, d in zip(weights, nine_digits, strict=True)) % 11 == 0
 
 
-@pytest.mark.parametrize("value", [VALID_BSN, "111222333", "012345672", VALID_8_DIGIT_BSN,
-                                   " 123456782 "])
+@pytest.mark.parametrize(
+    "value", [VALID_BSN, "111222333", "012345672", VALID_8_DIGIT_BSN, " 123456782 "]
+)
 def test_bsn_passing_the_eleven_check_is_valid(value: str) -> None:
     assert is_valid_bsn(value)
 
@@ -86,8 +87,10 @@ def test_bsn_failing_the_eleven_check_or_all_zeros_is_invalid(value: str) -> Non
     assert not is_valid_bsn(value)
 
 
-@pytest.mark.parametrize("value", ["", "1234567", "1234567820", "12345678a", "12345-782",
-                                   "1234 5678", "+23456782", "12345678.0"])
+@pytest.mark.parametrize(
+    "value",
+    ["", "1234567", "1234567820", "12345678a", "12345-782", "1234 5678", "+23456782", "12345678.0"],
+)
 def test_bsn_with_wrong_length_or_non_digits_is_invalid(value: str) -> None:
     assert not is_valid_bsn(value)
 
@@ -114,16 +117,21 @@ def test_bsn_with_a_unicode_digit_lookalike_is_invalid_not_an_error() -> None:
 
 
 def test_bsn_from_other_patient_ids_with_the_bsn_issuer() -> None:
-    ds = _dataset(PatientID="MRN0001", IssuerOfPatientID="HOSPITAL",
-                  OtherPatientIDsSequence=[_other_id(VALID_BSN, BSN_ISSUER)])
+    ds = _dataset(
+        PatientID="MRN0001",
+        IssuerOfPatientID="HOSPITAL",
+        OtherPatientIDsSequence=[_other_id(VALID_BSN, BSN_ISSUER)],
+    )
     meta = meta_from_dataset(ds, ExplicitVRLittleEndian)
     assert meta.bsn == VALID_BSN
     assert meta.patient_id == "MRN0001"  # the local ID is untouched
 
 
 def test_bsn_found_in_a_later_other_patient_ids_item() -> None:
-    ds = _dataset(PatientID="MRN0001", OtherPatientIDsSequence=[
-        _other_id("999", "HOSPITAL"), _other_id("111222333", BSN_ISSUER)])
+    ds = _dataset(
+        PatientID="MRN0001",
+        OtherPatientIDsSequence=[_other_id("999", "HOSPITAL"), _other_id("111222333", BSN_ISSUER)],
+    )
     assert meta_from_dataset(ds, ExplicitVRLittleEndian).bsn == "111222333"
 
 
@@ -149,8 +157,7 @@ def test_bsn_failing_the_eleven_check_is_ignored(number: str) -> None:
 
 @pytest.mark.parametrize("issuer", ["HOSPITAL", "NLMINBIZ", "nlminbiza", None])
 def test_valid_number_with_another_or_no_issuer_is_not_a_bsn(issuer: str | None) -> None:
-    other = _dataset(PatientID="MRN0001",
-                     OtherPatientIDsSequence=[_other_id(VALID_BSN, issuer)])
+    other = _dataset(PatientID="MRN0001", OtherPatientIDsSequence=[_other_id(VALID_BSN, issuer)])
     main = _dataset(PatientID=VALID_BSN)
     if issuer is not None:
         main.IssuerOfPatientID = issuer
@@ -159,14 +166,16 @@ def test_valid_number_with_another_or_no_issuer_is_not_a_bsn(issuer: str | None)
 
 
 def test_invalid_main_bsn_falls_back_to_a_valid_other_patient_id() -> None:
-    ds = _dataset(PatientID="123456789", IssuerOfPatientID=BSN_ISSUER,
-                  OtherPatientIDsSequence=[_other_id("111222333", BSN_ISSUER)])
+    ds = _dataset(
+        PatientID="123456789",
+        IssuerOfPatientID=BSN_ISSUER,
+        OtherPatientIDsSequence=[_other_id("111222333", BSN_ISSUER)],
+    )
     assert meta_from_dataset(ds, ExplicitVRLittleEndian).bsn == "111222333"
 
 
 def test_bsn_survives_encoding_and_read_meta() -> None:
-    ds = _dataset(PatientID="MRN0001",
-                  OtherPatientIDsSequence=[_other_id(VALID_BSN, BSN_ISSUER)])
+    ds = _dataset(PatientID="MRN0001", OtherPatientIDsSequence=[_other_id(VALID_BSN, BSN_ISSUER)])
     assert read_meta(_encode(ds)).bsn == VALID_BSN
 
 
@@ -183,8 +192,9 @@ def test_bsn_issuer_without_patient_id_is_not_an_error() -> None:
 
 
 def test_patient_id_with_a_digit_lookalike_does_not_make_the_instance_undecodable() -> None:
-    ds = _dataset(SpecificCharacterSet="ISO_IR 192", PatientID="12345678\u00b2",
-                  IssuerOfPatientID=BSN_ISSUER)
+    ds = _dataset(
+        SpecificCharacterSet="ISO_IR 192", PatientID="12345678\u00b2", IssuerOfPatientID=BSN_ISSUER
+    )
     assert read_meta(_encode(ds)).bsn is None
 
 
@@ -215,8 +225,9 @@ def test_absent_dates_are_none() -> None:
 # --------------------------------------------------------------------------- identifiers
 
 
-@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-                                     "SOPClassUID"])
+@pytest.mark.parametrize(
+    "keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"]
+)
 def test_missing_uid_raises_undecodable_instance_naming_an_identifier(keyword: str) -> None:
     ds = _dataset()
     delattr(ds, keyword)
@@ -252,8 +263,11 @@ def test_garbage_after_the_dicm_prefix_raises_undecodable_instance(seed: int) ->
         read_meta(data)
 
 
-@pytest.mark.parametrize("data", [b"", b"hello", b"\0" * 128 + b"DICX" + b"\0" * 64],
-                         ids=["empty", "short", "bad-prefix"])
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"hello", b"\0" * 128 + b"DICX" + b"\0" * 64],
+    ids=["empty", "short", "bad-prefix"],
+)
 def test_non_dicom_bytes_raise_undecodable_instance(data: bytes) -> None:
     with pytest.raises(UndecodableInstance):
         read_meta(data)
@@ -273,9 +287,11 @@ def _corrupt_file_meta_group_length() -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("corrupt", [_corrupt_vr_of_sop_instance_uid,
-                                     _corrupt_file_meta_group_length],
-                         ids=["unknown-vr", "bad-group-length"])
+@pytest.mark.parametrize(
+    "corrupt",
+    [_corrupt_vr_of_sop_instance_uid, _corrupt_file_meta_group_length],
+    ids=["unknown-vr", "bad-group-length"],
+)
 def test_corrupted_header_raises_undecodable_instance(corrupt) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(UndecodableInstance):
         read_meta(corrupt())
@@ -302,9 +318,17 @@ def test_has_pixels_depends_on_rows_and_columns() -> None:
 
 
 def test_read_meta_does_not_need_the_pixel_data() -> None:
-    ds = _dataset(Rows=64, Columns=64, BitsAllocated=16, BitsStored=16, HighBit=15,
-                  PixelRepresentation=0, SamplesPerPixel=1,
-                  PhotometricInterpretation="MONOCHROME2", PixelData=b"\0" * (64 * 64 * 2))
+    ds = _dataset(
+        Rows=64,
+        Columns=64,
+        BitsAllocated=16,
+        BitsStored=16,
+        HighBit=15,
+        PixelRepresentation=0,
+        SamplesPerPixel=1,
+        PhotometricInterpretation="MONOCHROME2",
+        PixelData=b"\0" * (64 * 64 * 2),
+    )
     data = _encode(ds)
     truncated = data[: data.index(b"\xe0\x7f\x10\x00") + 20]  # pixel data cut short
     meta = read_meta(truncated)
@@ -312,21 +336,41 @@ def test_read_meta_does_not_need_the_pixel_data() -> None:
 
 
 def test_index_fields_are_read_from_the_header() -> None:
-    ds = _dataset(PatientID="MRN0001", IssuerOfPatientID="HOSPITAL",
-                  PatientName="DOE^JANE", StudyDescription="CT THORAX", AccessionNumber="A1",
-                  Modality="CT", SeriesDescription="AXIAL 1mm", SeriesNumber=3,
-                  InstanceNumber=17)
+    ds = _dataset(
+        PatientID="MRN0001",
+        IssuerOfPatientID="HOSPITAL",
+        PatientName="DOE^JANE",
+        StudyDescription="CT THORAX",
+        AccessionNumber="A1",
+        Modality="CT",
+        SeriesDescription="AXIAL 1mm",
+        SeriesNumber=3,
+        InstanceNumber=17,
+    )
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     meta = read_meta(_encode(ds))
     assert (meta.study_uid, meta.series_uid, meta.sop_uid, meta.sop_class_uid) == (
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, CTImageStorage)
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        ds.SOPInstanceUID,
+        CTImageStorage,
+    )
     assert meta.transfer_syntax_uid == ImplicitVRLittleEndian
     assert (meta.patient_id, meta.issuer_of_patient_id, meta.patient_name) == (
-        "MRN0001", "HOSPITAL", "DOE^JANE")
+        "MRN0001",
+        "HOSPITAL",
+        "DOE^JANE",
+    )
     assert (meta.study_description, meta.accession_number, meta.modality) == (
-        "CT THORAX", "A1", "CT")
+        "CT THORAX",
+        "A1",
+        "CT",
+    )
     assert (meta.series_description, meta.series_number, meta.instance_number) == (
-        "AXIAL 1mm", 3, 17)
+        "AXIAL 1mm",
+        3,
+        17,
+    )
     assert meta.bsn is None
 
 

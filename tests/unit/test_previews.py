@@ -122,8 +122,13 @@ def _ct(hu: np.ndarray, slope: float = 1.0, intercept: float = -1024.0, **attrs:
     """A CT slice whose modality values (slope * stored + intercept) are ``hu``."""
     stored = np.rint((hu - intercept) / slope)
     assert stored.min() >= 0 and stored.max() <= 65535
-    return _dataset(stored.astype(np.uint16), sop_class=CTImageStorage,
-                    RescaleSlope=slope, RescaleIntercept=intercept, **attrs)
+    return _dataset(
+        stored.astype(np.uint16),
+        sop_class=CTImageStorage,
+        RescaleSlope=slope,
+        RescaleIntercept=intercept,
+        **attrs,
+    )
 
 
 def _bands(values: tuple[float, ...], size: int = 48) -> np.ndarray:
@@ -136,7 +141,7 @@ def _band_mean(image: np.ndarray, band: int, count: int) -> float:
     """Mean of the central part of horizontal band ``band`` (away from JPEG edge ringing)."""
     rows = image.shape[0] // count
     top = band * rows
-    return float(image[top + 3:top + rows - 3, 3:-3].mean())
+    return float(image[top + 3 : top + rows - 3, 3:-3].mean())
 
 
 def _gradient(size: int = 64, high: int = 3000) -> np.ndarray:
@@ -260,8 +265,9 @@ def test_window_linear_exact_and_sigmoid() -> None:
 def test_voi_lut_function_from_the_header_is_used(tmp_path: Path) -> None:
     hu = _bands((-50.0, 50.0))
     linear = _preview(_render(_ct(hu, WindowCenter=0, WindowWidth=100), tmp_path))
-    sigmoid = _preview(_render(
-        _ct(hu, WindowCenter=0, WindowWidth=100, VOILUTFunction="SIGMOID"), tmp_path))
+    sigmoid = _preview(
+        _render(_ct(hu, WindowCenter=0, WindowWidth=100, VOILUTFunction="SIGMOID"), tmp_path)
+    )
     # LINEAR saturates at ±w/2; SIGMOID at ±w/2 gives 1/(1+e^2) ≈ 0.12 and ≈ 0.88.
     assert _band_mean(linear, 0, 2) <= JPEG_TOLERANCE
     assert abs(_band_mean(sigmoid, 0, 2) - 255 / (1 + np.exp(2.0))) <= 6
@@ -301,7 +307,7 @@ def _colour_bands() -> np.ndarray:
     """Red, green and blue horizontal bands (top to bottom), 8-bit RGB."""
     rgb = np.zeros((48, 48, 3), dtype=np.uint8)
     for band in range(3):
-        rgb[band * 16:(band + 1) * 16, :, band] = 255
+        rgb[band * 16 : (band + 1) * 16, :, band] = 255
     return rgb
 
 
@@ -314,7 +320,7 @@ def test_uncompressed_colour_is_preserved(tmp_path: Path, photometric: str) -> N
     image = _preview(rendered)
 
     for band, expected in enumerate(([255, 0, 0], [0, 255, 0], [0, 0, 255])):
-        mean = image[band * 16 + 3:(band + 1) * 16 - 3, 3:-3].mean(axis=(0, 1))
+        mean = image[band * 16 + 3 : (band + 1) * 16 - 3, 3:-3].mean(axis=(0, 1))
         np.testing.assert_allclose(mean, expected, atol=12)
 
 
@@ -341,7 +347,7 @@ def _moving_square(frames: int, size: int = 64) -> np.ndarray:
     pixels = np.full((frames, size, size), 100, dtype=np.uint16)
     for index in range(frames):
         top = 4 + index * 10
-        pixels[index, top:top + 10, top:top + 10] = 1000
+        pixels[index, top : top + 10, top : top + 10] = 1000
     return pixels
 
 
@@ -356,7 +362,7 @@ def test_multi_frame_gives_one_thumb_and_a_preview_per_frame(tmp_path: Path) -> 
     previews = [_preview(rendered, index) for index in range(5)]
     for index, image in enumerate(previews):
         top = 4 + index * 10
-        assert image[top + 3:top + 7, top + 3:top + 7].mean() > 200  # this frame's square
+        assert image[top + 3 : top + 7, top + 3 : top + 7].mean() > 200  # this frame's square
         for other in range(5):
             if other != index:
                 assert np.abs(image - previews[other]).mean() > 5
@@ -377,7 +383,7 @@ def test_deflated_multi_frame_renders_every_frame(tmp_path: Path) -> None:
     assert sorted(i for kind, i, _ in rendered.images if kind == "preview") == [0, 1, 2]
     for index in range(3):
         top = 4 + index * 10
-        assert _preview(rendered, index)[top + 3:top + 7, top + 3:top + 7].mean() > 200
+        assert _preview(rendered, index)[top + 3 : top + 7, top + 3 : top + 7].mean() > 200
 
 
 def _enhanced(frames: int, pixels: np.ndarray) -> Dataset:
@@ -385,7 +391,8 @@ def _enhanced(frames: int, pixels: np.ndarray) -> Dataset:
     ds = _dataset(pixels, frames=frames, sop_class=EnhancedCTImageStorage)
     shared = Dataset()
     shared.PixelValueTransformationSequence = [
-        _item(RescaleSlope=1, RescaleIntercept=-1024, RescaleType="HU")]
+        _item(RescaleSlope=1, RescaleIntercept=-1024, RescaleType="HU")
+    ]
     shared.FrameVOILUTSequence = [_item(WindowCenter=40, WindowWidth=400)]
     ds.SharedFunctionalGroupsSequence = [shared]
     per_frame = [Dataset() for _ in range(frames)]
@@ -412,8 +419,14 @@ def test_frame_view_takes_functional_groups_and_per_frame_overrides_shared() -> 
 
 
 def test_frame_view_per_frame_rescale_overrides_top_level() -> None:
-    ds = _dataset(np.zeros((2, 4, 4), dtype=np.uint16), frames=2,
-                  RescaleSlope=1, RescaleIntercept=0, WindowCenter=10, WindowWidth=20)
+    ds = _dataset(
+        np.zeros((2, 4, 4), dtype=np.uint16),
+        frames=2,
+        RescaleSlope=1,
+        RescaleIntercept=0,
+        WindowCenter=10,
+        WindowWidth=20,
+    )
     ds.PerFrameFunctionalGroupsSequence = [
         _item(PixelValueTransformationSequence=[_item(RescaleSlope=3, RescaleIntercept=-7)]),
         Dataset(),
@@ -539,7 +552,8 @@ def test_pydicom_sample_renders_without_error(name: str) -> None:
 
     assert rendered.error is None
     assert [(k, i) for k, i, _ in rendered.images] == (
-        [("thumb", 0)] + [("preview", i) for i in range(frames)])
+        [("thumb", 0)] + [("preview", i) for i in range(frames)]
+    )
     for kind, _, data in rendered.images:
         image = _decode(data)
         assert max(image.size) <= (THUMB_SIZE if kind == "thumb" else PREVIEW_SIZE)
@@ -574,10 +588,14 @@ def test_voi_lut_sequence_is_applied_after_rescale(tmp_path: Path) -> None:
     assert 95 <= _band_mean(image, 1, 2) <= 105
 
 
-@pytest.mark.parametrize("attrs", [
-    {"WindowCenter": None, "WindowWidth": None},
-    {"RescaleSlope": None, "RescaleIntercept": None},
-], ids=["empty-window", "empty-rescale"])
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"WindowCenter": None, "WindowWidth": None},
+        {"RescaleSlope": None, "RescaleIntercept": None},
+    ],
+    ids=["empty-window", "empty-rescale"],
+)
 def test_empty_window_or_rescale_values_fall_back_instead_of_failing(
     tmp_path: Path, attrs: dict[str, object]
 ) -> None:

@@ -17,10 +17,16 @@ from zorgbericht.storage.s3 import S3Store
 from zorgbericht.tenants import service as tenants
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("P14D", timedelta(days=14)), ("PT5M", timedelta(minutes=5)), ("300", timedelta(seconds=300)),
-    ("P1DT2H", timedelta(days=1, hours=2)), ("P2W", timedelta(weeks=2)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("P14D", timedelta(days=14)),
+        ("PT5M", timedelta(minutes=5)),
+        ("300", timedelta(seconds=300)),
+        ("P1DT2H", timedelta(days=1, hours=2)),
+        ("P2W", timedelta(weeks=2)),
+    ],
+)
 def test_durations_parse_iso8601_and_seconds(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected
 
@@ -111,8 +117,13 @@ def test_local_store_keeps_the_contract(tmp_path: Path) -> None:
 def test_s3_store_keeps_the_contract(s3) -> None:  # type: ignore[no-untyped-def]
     from infra.peers import S3_ACCESS_KEY, S3_SECRET_KEY
 
-    store = S3Store("zb-test", "contract", endpoint_url=s3.endpoint, access_key=S3_ACCESS_KEY,
-                    secret_key=S3_SECRET_KEY)
+    store = S3Store(
+        "zb-test",
+        "contract",
+        endpoint_url=s3.endpoint,
+        access_key=S3_ACCESS_KEY,
+        secret_key=S3_SECRET_KEY,
+    )
     _contract(store)
     assert store.presign("x", 60).startswith(s3.endpoint)
 
@@ -121,11 +132,18 @@ def test_s3_store_keeps_the_contract(s3) -> None:  # type: ignore[no-untyped-def
 def test_s3_store_reports_wrong_credentials_and_absence_as_unavailable(s3) -> None:  # type: ignore[no-untyped-def]
     from infra.peers import S3_ACCESS_KEY, free_port
 
-    wrong = S3Store("zb-test", "", endpoint_url=s3.endpoint, access_key=S3_ACCESS_KEY,
-                    secret_key="wrong")
+    wrong = S3Store(
+        "zb-test", "", endpoint_url=s3.endpoint, access_key=S3_ACCESS_KEY, secret_key="wrong"
+    )
     with pytest.raises(StorageUnavailable):
         wrong.put_bytes("x", b"1")
-    gone = S3Store("zb-test", "", endpoint_url=f"http://127.0.0.1:{free_port()}",
-                   access_key="k", secret_key="s", timeout=1)
+    gone = S3Store(
+        "zb-test",
+        "",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        access_key="k",
+        secret_key="s",
+        timeout=1,
+    )
     with pytest.raises(StorageUnavailable):
         gone.check()

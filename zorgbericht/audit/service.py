@@ -21,8 +21,20 @@ GENESIS = "0" * 64
 
 # Keys that must never reach the trail: link codes, SMS codes, birth dates, session ids.
 FORBIDDEN_DETAIL_KEYS = frozenset(
-    {"code", "link_code", "sms_code", "birth_date", "dob", "session", "session_id",
-     "password", "secret", "token", "bsn", "api_key"}
+    {
+        "code",
+        "link_code",
+        "sms_code",
+        "birth_date",
+        "dob",
+        "session",
+        "session_id",
+        "password",
+        "secret",
+        "token",
+        "bsn",
+        "api_key",
+    }
 )
 
 
@@ -79,9 +91,23 @@ class Actor:
 SYSTEM = Actor("system", "zorgbericht")
 
 _HASHED_FIELDS = (
-    "seq", "occurred_at", "tenant_id", "event", "event_code", "action", "outcome",
-    "actor_kind", "actor_id", "on_behalf_of", "ip", "user_agent", "patient_id",
-    "bsn_last3", "share_id", "study_uids", "details",
+    "seq",
+    "occurred_at",
+    "tenant_id",
+    "event",
+    "event_code",
+    "action",
+    "outcome",
+    "actor_kind",
+    "actor_id",
+    "on_behalf_of",
+    "ip",
+    "user_agent",
+    "patient_id",
+    "bsn_last3",
+    "share_id",
+    "study_uids",
+    "details",
 )
 
 
@@ -109,7 +135,9 @@ def record(
     if leaked:
         raise ValueError(f"audit details may not carry {sorted(leaked)}")
     head = session.execute(
-        update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1)
+        update(AuditHead)
+        .where(AuditHead.id == 1)
+        .values(seq=AuditHead.seq + 1)
         .returning(AuditHead.seq, AuditHead.last_hash)
     ).one()
     row = AuditEvent(

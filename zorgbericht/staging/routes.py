@@ -14,17 +14,26 @@ router = APIRouter(prefix="/api/v1", tags=["studies"])
 
 @router.get("/studies", response_model=list[StudyOut])
 def list_studies(
-    request: Request, session: SessionDep, client: ApiClientDep,
+    request: Request,
+    session: SessionDep,
+    client: ApiClientDep,
     patient_id: str | None = Query(None, max_length=64, description="only this patient's studies"),
 ) -> list[StudyOut]:
     """Staged studies of the key's tenant, newest first; `state` is receiving or stable."""
     tenant, key = client
     studies = staging.list_studies(session=session, tenant_id=tenant.id, patient_id=patient_id)
     audit.record(
-        session=session, event=audit.Ev.studies_queried, tenant_id=tenant.id,
-        actor=audit.Actor("apikey", f"apikey:{key.id}", ip=request.client and request.client.host,
-                          user_agent=request.headers.get("user-agent")),
-        patient_id=patient_id, study_uids=[s.study_uid for s in studies],
+        session=session,
+        event=audit.Ev.studies_queried,
+        tenant_id=tenant.id,
+        actor=audit.Actor(
+            "apikey",
+            f"apikey:{key.id}",
+            ip=request.client and request.client.host,
+            user_agent=request.headers.get("user-agent"),
+        ),
+        patient_id=patient_id,
+        study_uids=[s.study_uid for s in studies],
         details={"matches": len(studies)},
     )
     return studies

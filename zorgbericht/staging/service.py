@@ -63,17 +63,24 @@ def index_instances(
         }
         for it in items
     ]
-    upsert(session, Instance.__table__, rows, keys=["series_id", "sop_uid"],
-           update=[c for c in rows[0] if c not in ("series_id", "sop_uid")])
+    upsert(
+        session,
+        Instance.__table__,
+        rows,
+        keys=["series_id", "sop_uid"],
+        update=[c for c in rows[0] if c not in ("series_id", "sop_uid")],
+    )
     _recount(session, set(study_ids.values()))
-    pending = {(r["series_id"], r["sop_uid"]) for r in rows
-               if r["preview_state"] == PreviewState.pending}
+    pending = {
+        (r["series_id"], r["sop_uid"]) for r in rows if r["preview_state"] == PreviewState.pending
+    }
     if not pending:
         return {}
     found = session.execute(
         select(Instance.id, Instance.series_id, Instance.sop_uid).where(
             Instance.series_id.in_({s for s, _ in pending}),
-            Instance.sop_uid.in_({u for _, u in pending}))
+            Instance.sop_uid.in_({u for _, u in pending}),
+        )
     ).all()
     return {row.sop_uid: row.id for row in found if (row.series_id, row.sop_uid) in pending}
 
@@ -84,24 +91,43 @@ def _upsert_studies(
     first = {}
     for it in items:
         first.setdefault(it.meta.study_uid, it.meta)
-    insert_ignore(session, Study.__table__, [
-        {
-            "tenant_id": tenant_id, "study_uid": m.study_uid, "patient_id": m.patient_id,
-            "issuer_of_patient_id": m.issuer_of_patient_id, "patient_name": m.patient_name,
-            "birth_date": m.birth_date, "bsn": m.bsn, "description": m.study_description,
-            "study_date": m.study_date, "accession_number": m.accession_number,
-            "modalities": "", "series_count": 0, "instance_count": 0, "bytes": 0,
-            "state": StudyState.receiving, "interrupted": False,
-            "first_received_at": now, "last_activity_at": now,
-        }
-        for m in first.values()
-    ])
-    ids = dict(session.execute(
-        select(Study.study_uid, Study.id).where(
-            Study.tenant_id == tenant_id, Study.study_uid.in_(first))
-    ).all())
+    insert_ignore(
+        session,
+        Study.__table__,
+        [
+            {
+                "tenant_id": tenant_id,
+                "study_uid": m.study_uid,
+                "patient_id": m.patient_id,
+                "issuer_of_patient_id": m.issuer_of_patient_id,
+                "patient_name": m.patient_name,
+                "birth_date": m.birth_date,
+                "bsn": m.bsn,
+                "description": m.study_description,
+                "study_date": m.study_date,
+                "accession_number": m.accession_number,
+                "modalities": "",
+                "series_count": 0,
+                "instance_count": 0,
+                "bytes": 0,
+                "state": StudyState.receiving,
+                "interrupted": False,
+                "first_received_at": now,
+                "last_activity_at": now,
+            }
+            for m in first.values()
+        ],
+    )
+    ids = dict(
+        session.execute(
+            select(Study.study_uid, Study.id).where(
+                Study.tenant_id == tenant_id, Study.study_uid.in_(first)
+            )
+        ).all()
+    )
     session.execute(
-        update(Study).where(Study.id.in_(ids.values()))
+        update(Study)
+        .where(Study.id.in_(ids.values()))
         .values(state=StudyState.receiving, stable_at=None, purged_at=None, last_activity_at=now)
     )
     return ids
@@ -113,19 +139,26 @@ def _upsert_series(
     first = {}
     for it in items:
         first.setdefault((it.meta.study_uid, it.meta.series_uid), it.meta)
-    insert_ignore(session, Series.__table__, [
-        {
-            "study_id": study_ids[m.study_uid], "series_uid": m.series_uid,
-            "modality": m.modality, "description": m.series_description,
-            "number": m.series_number, "instance_count": 0,
-        }
-        for m in first.values()
-    ])
+    insert_ignore(
+        session,
+        Series.__table__,
+        [
+            {
+                "study_id": study_ids[m.study_uid],
+                "series_uid": m.series_uid,
+                "modality": m.modality,
+                "description": m.series_description,
+                "number": m.series_number,
+                "instance_count": 0,
+            }
+            for m in first.values()
+        ],
+    )
     by_study = {v: k for k, v in study_ids.items()}
     found = session.execute(
         select(Series.study_id, Series.series_uid, Series.id).where(
-            Series.study_id.in_(study_ids.values()),
-            Series.series_uid.in_({s for _, s in first}))
+            Series.study_id.in_(study_ids.values()), Series.series_uid.in_({s for _, s in first})
+        )
     ).all()
     return {(by_study[r.study_id], r.series_uid): r.id for r in found}
 
@@ -144,14 +177,19 @@ def _recount(session: Session, study_ids: set[int]) -> None:
         ).all()
         total_bytes = session.scalar(
             select(func.coalesce(func.sum(Instance.bytes), 0))
-            .join(Series, Instance.series_id == Series.id).where(Series.study_id == study_id)
+            .join(Series, Instance.series_id == Series.id)
+            .where(Series.study_id == study_id)
         )
-        session.execute(update(Study).where(Study.id == study_id).values(
-            series_count=len(series),
-            instance_count=sum(s.instance_count for s in series),
-            bytes=total_bytes,
-            modalities="\\".join(sorted({s.modality for s in series if s.modality})),
-        ))
+        session.execute(
+            update(Study)
+            .where(Study.id == study_id)
+            .values(
+                series_count=len(series),
+                instance_count=sum(s.instance_count for s in series),
+                bytes=total_bytes,
+                modalities="\\".join(sorted({s.modality for s in series if s.modality})),
+            )
+        )
 
 
 def touch_studies(
@@ -161,7 +199,8 @@ def touch_studies(
     uids = set(study_uids)
     if uids:
         session.execute(
-            update(Study).where(Study.tenant_id == tenant_id, Study.study_uid.in_(uids))
+            update(Study)
+            .where(Study.tenant_id == tenant_id, Study.study_uid.in_(uids))
             .values(last_activity_at=now, state=StudyState.receiving, stable_at=None)
         )
 
@@ -173,13 +212,17 @@ def set_interrupted(
     uids = set(study_uids)
     if uids:
         session.execute(
-            update(Study).where(Study.tenant_id == tenant_id, Study.study_uid.in_(uids))
+            update(Study)
+            .where(Study.tenant_id == tenant_id, Study.study_uid.in_(uids))
             .values(interrupted=interrupted)
         )
 
 
 def settle_studies(
-    *, session: Session, quiet: timedelta, now: datetime | None = None,
+    *,
+    session: Session,
+    quiet: timedelta,
+    now: datetime | None = None,
     force_uids: Iterable[tuple[int, str]] = (),
 ) -> list[Study]:
     """Mark studies stable that had no instance for ``quiet`` and have all previews rendered.
@@ -189,27 +232,42 @@ def settle_studies(
     """
     now = now or utcnow()
     pending_preview = exists(
-        select(Instance.id).join(Series, Instance.series_id == Series.id).where(
-            Series.study_id == Study.id, Instance.preview_state == PreviewState.pending)
+        select(Instance.id)
+        .join(Series, Instance.series_id == Series.id)
+        .where(Series.study_id == Study.id, Instance.preview_state == PreviewState.pending)
     )
     forced = set(force_uids)
     candidates = session.scalars(
-        select(Study).where(
-            Study.state == StudyState.receiving, Study.interrupted.is_(False),
-            Study.purged_at.is_(None), Study.instance_count > 0, ~pending_preview,
-        ).with_for_update(skip_locked=True)
+        select(Study)
+        .where(
+            Study.state == StudyState.receiving,
+            Study.interrupted.is_(False),
+            Study.purged_at.is_(None),
+            Study.instance_count > 0,
+            ~pending_preview,
+        )
+        .with_for_update(skip_locked=True)
     ).all()
     settled = []
     for study in candidates:
-        if not (study.last_activity_at <= now - quiet or (study.tenant_id, study.study_uid) in forced):
+        if not (
+            study.last_activity_at <= now - quiet or (study.tenant_id, study.study_uid) in forced
+        ):
             continue
         study.state, study.stable_at = StudyState.stable, now
         audit.record(
-            session=session, event=audit.Ev.study_stable, actor=audit.SYSTEM,
-            tenant_id=study.tenant_id, patient_id=study.patient_id, bsn=study.bsn,
+            session=session,
+            event=audit.Ev.study_stable,
+            actor=audit.SYSTEM,
+            tenant_id=study.tenant_id,
+            patient_id=study.patient_id,
+            bsn=study.bsn,
             study_uids=[study.study_uid],
-            details={"series": study.series_count, "instances": study.instance_count,
-                     "bytes": study.bytes},
+            details={
+                "series": study.series_count,
+                "instances": study.instance_count,
+                "bytes": study.bytes,
+            },
         )
         settled.append(study)
     session.flush()
@@ -221,17 +279,27 @@ def mark_previews(
 ) -> None:
     """Store the outcome of preview rendering per instance id."""
     for instance_id, state, error in results:
-        session.execute(update(Instance).where(Instance.id == instance_id).values(
-            preview_state=state, preview_error=(error or None) and error[:255]))
+        session.execute(
+            update(Instance)
+            .where(Instance.id == instance_id)
+            .values(preview_state=state, preview_error=(error or None) and error[:255])
+        )
 
 
-def stale_pending_previews(*, session: Session, older_than: datetime, limit: int = 500) -> list[int]:
+def stale_pending_previews(
+    *, session: Session, older_than: datetime, limit: int = 500
+) -> list[int]:
     """Instances whose preview is still pending long after they arrived (crash, other node)."""
-    return list(session.scalars(
-        select(Instance.id).where(Instance.preview_state == PreviewState.pending,
-                                  Instance.received_at < older_than)
-        .order_by(Instance.id).limit(limit)
-    ))
+    return list(
+        session.scalars(
+            select(Instance.id)
+            .where(
+                Instance.preview_state == PreviewState.pending, Instance.received_at < older_than
+            )
+            .order_by(Instance.id)
+            .limit(limit)
+        )
+    )
 
 
 def list_studies(
@@ -245,11 +313,18 @@ def list_studies(
         query = query.where(Study.patient_id == patient_id)
     return [
         StudyOut(
-            study_uid=s.study_uid, patient_id=s.patient_id, patient_name=s.patient_name,
-            birth_date=s.birth_date, description=s.description, study_date=s.study_date,
+            study_uid=s.study_uid,
+            patient_id=s.patient_id,
+            patient_name=s.patient_name,
+            birth_date=s.birth_date,
+            description=s.description,
+            study_date=s.study_date,
             modalities=[m for m in s.modalities.split("\\") if m],
-            series_count=s.series_count, instance_count=s.instance_count, bytes=s.bytes,
-            state=s.state, last_activity_at=s.last_activity_at,
+            series_count=s.series_count,
+            instance_count=s.instance_count,
+            bytes=s.bytes,
+            state=s.state,
+            last_activity_at=s.last_activity_at,
         )
         for s in session.scalars(query)
     ]

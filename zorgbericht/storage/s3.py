@@ -61,13 +61,28 @@ class S3Store:
         except BotoCoreError as exc:
             raise StorageUnavailable(f"s3: {type(exc).__name__}") from exc
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data,
-                   ContentType=content_type)
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        self._call(
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+            ContentType=content_type,
+        )
 
-    def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> None:
-        self._call(self.client.upload_file, str(path), self.bucket, self._key(key),
-                   ExtraArgs={"ContentType": content_type}, Config=self.transfer)
+    def put_file(
+        self, key: str, path: Path, content_type: str = "application/octet-stream"
+    ) -> None:
+        self._call(
+            self.client.upload_file,
+            str(path),
+            self.bucket,
+            self._key(key),
+            ExtraArgs={"ContentType": content_type},
+            Config=self.transfer,
+        )
 
     def get_bytes(self, key: str) -> bytes:
         body = self._call(self.client.get_object, Bucket=self.bucket, Key=self._key(key))["Body"]
@@ -95,20 +110,28 @@ class S3Store:
     def delete_prefix(self, prefix: str) -> int:
         deleted = 0
         paginator = self.client.get_paginator("list_objects_v2")
-        pages = self._call(lambda: list(
-            paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix))))
+        pages = self._call(
+            lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)))
+        )
         for page in pages:
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
-                self._call(self.client.delete_objects, Bucket=self.bucket,
-                           Delete={"Objects": keys, "Quiet": True})
+                self._call(
+                    self.client.delete_objects,
+                    Bucket=self.bucket,
+                    Delete={"Objects": keys, "Quiet": True},
+                )
                 deleted += len(keys)
         return deleted
 
     def presign(self, key: str, expires_seconds: int) -> str | None:
-        return str(self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)},
-            ExpiresIn=expires_seconds))
+        return str(
+            self.client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self._key(key)},
+                ExpiresIn=expires_seconds,
+            )
+        )
 
     def check(self) -> None:
         self._call(self.client.head_bucket, Bucket=self.bucket)

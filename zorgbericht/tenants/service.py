@@ -41,7 +41,12 @@ def parse_pacs(spec: str) -> tuple[str, str, int]:
 
 
 def create_tenant(
-    *, session: Session, slug: str, name: str, ae_titles: list[str], pacs: str | None = None,
+    *,
+    session: Session,
+    slug: str,
+    name: str,
+    ae_titles: list[str],
+    pacs: str | None = None,
     language: str = "nl",
 ) -> Tenant:
     """Create an institution with the AE titles allowed to send to us."""
@@ -50,19 +55,31 @@ def create_tenant(
     if session.scalar(select(Tenant.id).where(Tenant.slug == slug)):
         raise Conflict(f"tenant {slug!r} exists already")
     titles = sorted({normalise_ae(t) for t in ae_titles})
-    taken = session.scalars(select(TenantAETitle.ae_title).where(TenantAETitle.ae_title.in_(titles)))
+    taken = session.scalars(
+        select(TenantAETitle.ae_title).where(TenantAETitle.ae_title.in_(titles))
+    )
     if clash := list(taken):
         raise Conflict(f"AE title(s) {', '.join(clash)} already belong to another tenant")
     pacs_ae, pacs_host, pacs_port = parse_pacs(pacs) if pacs else (None, None, None)
     tenant = Tenant(
-        slug=slug, name=name, default_language=language, pacs_ae_title=pacs_ae,
-        pacs_host=pacs_host, pacs_port=pacs_port, launch_secret=secrets.token_urlsafe(32),
+        slug=slug,
+        name=name,
+        default_language=language,
+        pacs_ae_title=pacs_ae,
+        pacs_host=pacs_host,
+        pacs_port=pacs_port,
+        launch_secret=secrets.token_urlsafe(32),
         ae_titles=[TenantAETitle(ae_title=t) for t in titles],
     )
     session.add(tenant)
     session.flush()
-    audit.record(session=session, event=audit.Ev.tenant_created, actor=audit.SYSTEM,
-                 tenant_id=tenant.id, details={"slug": slug, "ae_titles": titles})
+    audit.record(
+        session=session,
+        event=audit.Ev.tenant_created,
+        actor=audit.SYSTEM,
+        tenant_id=tenant.id,
+        details={"slug": slug, "ae_titles": titles},
+    )
     return tenant
 
 
@@ -93,12 +110,22 @@ def create_user(
         raise Invalid("the password must be at least 12 characters")
     if session.scalar(select(StaffUser.id).where(StaffUser.email == email)):
         raise Conflict("a staff account with this email exists already")
-    user = StaffUser(tenant_id=tenant.id, email=email, name=name,
-                     password_hash=PASSWORDS.hash(password), role=role)
+    user = StaffUser(
+        tenant_id=tenant.id,
+        email=email,
+        name=name,
+        password_hash=PASSWORDS.hash(password),
+        role=role,
+    )
     session.add(user)
     session.flush()
-    audit.record(session=session, event=audit.Ev.staff_created, actor=audit.SYSTEM,
-                 tenant_id=tenant.id, details={"user_id": user.id, "role": role})
+    audit.record(
+        session=session,
+        event=audit.Ev.staff_created,
+        actor=audit.SYSTEM,
+        tenant_id=tenant.id,
+        details={"user_id": user.id, "role": role},
+    )
     return user
 
 
@@ -121,16 +148,21 @@ def create_api_key(*, session: Session, tenant: Tenant, label: str = "") -> tupl
     row = ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=_key_hash(key), label=label)
     session.add(row)
     session.flush()
-    audit.record(session=session, event=audit.Ev.apikey_created, actor=audit.SYSTEM,
-                 tenant_id=tenant.id, details={"api_key_id": row.id, "prefix": prefix,
-                                               "label": label})
+    audit.record(
+        session=session,
+        event=audit.Ev.apikey_created,
+        actor=audit.SYSTEM,
+        tenant_id=tenant.id,
+        details={"api_key_id": row.id, "prefix": prefix, "label": label},
+    )
     return key, row
 
 
 def tenant_for_api_key(*, session: Session, key: str) -> tuple[Tenant, ApiKey] | None:
     """Resolve a presented API key, or None when it is unknown or revoked."""
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == _key_hash(key),
-                                              ApiKey.revoked_at.is_(None)))
+    row = session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == _key_hash(key), ApiKey.revoked_at.is_(None))
+    )
     if row is None:
         return None
     tenant = session.get(Tenant, row.tenant_id)

@@ -1,0 +1,173 @@
+"""Run the staging pipeline in its own process, fed by the DICOM server through a queue.
+
+The association threads only parse the header and write the spool file; uploading (boto3 is
+heavy Python), indexing and preview bookkeeping happen in the stager process, so they never
+hold the interpreter lock the C-STORE answers wait for. The spool stays the durable hand-off:
+if the stager dies, a restart stages what is left in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import time
+from multiprocessing import get_context
+from multiprocessing.sharedctypes import Synchronized
+from typing import Any
+
+from dicom_ingest.pipeline import Batch, Hooks, Pipeline, StorageDown, spool_write
+from zorgbericht.audit import service as audit
+from zorgbericht.settings import Settings
+from zorgbericht.staging.schemas import InstanceMeta
+from zorgbericht.storage import ObjectStore, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class _SharedHooks(Hooks):
+    def __init__(
+        self,
+        in_flight: Synchronized,
+        spool_bytes: Synchronized,  # type: ignore[type-arg]
+        storage_down: Synchronized,
+    ) -> None:  # type: ignore[type-arg]
+        self.in_flight, self.spool_bytes, self.storage_down = in_flight, spool_bytes, storage_down
+
+    def recovered(self, size: int) -> None:
+        with self.in_flight.get_lock():
+            self.in_flight.value += 1
+        with self.spool_bytes.get_lock():
+            self.spool_bytes.value += size
+
+    def done(self, size: int) -> None:
+        with self.in_flight.get_lock():
+            self.in_flight.value -= 1
+        with self.spool_bytes.get_lock():
+            self.spool_bytes.value -= size
+
+    def storage(self, down: bool) -> None:
+        self.storage_down.value = int(down)
+
+
+def _stager_main(
+    settings: Settings, commands: Any, hooks: _SharedHooks, parent: int, ready: Any
+) -> None:
+    from zorgbericht.runtime import build_runtime, configure_logging
+
+    # The parent decides when to stop (it drains first); a Ctrl-C must not cut us short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Staging may lag; answering may not. The renderer processes inherit this priority.
+    os.nice(10)
+    configure_logging(settings.log_level)
+    runtime = build_runtime(settings, run_migrations=False)
+    pipeline = Pipeline(
+        settings=settings, store=runtime.store, sessions=runtime.sessions, hooks=hooks
+    )
+    pipeline.start()  # queues what an earlier run left in the spool
+    ready.set()
+    batches: dict[str, Batch] = {}
+    while True:
+        try:
+            command = commands.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the DICOM server is gone: finish and leave
+                break
+            continue
+        kind, batch_id, *args = command
+        if kind == "stop":
+            break
+        if kind == "open":
+            tenant_id, actor, batch_kind = args
+            batches[batch_id] = pipeline.open_batch(
+                tenant_id=tenant_id, actor=actor, kind=batch_kind
+            )
+        elif kind == "item":
+            meta, path, size = args
+            pipeline.enqueue(batches[batch_id], meta, path, size)
+        elif kind == "end":
+            pipeline.end_batch(batches.pop(batch_id), aborted=args[0])
+    pipeline.close(timeout=600)
+    runtime.close()
+
+
+class StagerProcess:
+    """The DICOM server's side of the pipeline: spool here, stage in the child process."""
+
+    def __init__(self, *, settings: Settings, store: ObjectStore) -> None:
+        self.settings = settings
+        self.store = store
+        settings.spool_dir.mkdir(parents=True, exist_ok=True)
+        context = get_context("spawn")
+        self._commands = context.Queue()
+        self._ready = context.Event()
+        self._hooks = _SharedHooks(
+            context.Value("q", 0), context.Value("q", 0), context.Value("b", 0)
+        )
+        self._process = context.Process(
+            target=_stager_main,
+            name="zb-stager",
+            daemon=False,
+            args=(settings, self._commands, self._hooks, os.getpid(), self._ready),
+        )
+        self._storage_ok_until = 0.0
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the stager; return once it has taken over the spool left by an earlier run."""
+        self._process.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"the stager did not start within {timeout:.0f}s")
+
+    def close(self, timeout: float = 600.0) -> None:
+        """Let the stager finish everything accepted, then stop it."""
+        self._commands.put(("stop", ""))
+        self._process.join(timeout)
+        if self._process.is_alive():
+            log.error("stager did not finish in %.0fs; the spool keeps the rest", timeout)
+            self._process.terminate()
+
+    def drain(self, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._hooks.in_flight.value == 0:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def open_batch(self, *, tenant_id: int, actor: audit.Actor, kind: str = "association") -> Batch:
+        batch = Batch(tenant_id=tenant_id, actor=actor, kind=kind)
+        self._commands.put(("open", batch.id, tenant_id, actor, kind))
+        return batch
+
+    def check_storage(self) -> None:
+        """Raise ``StorageDown`` unless the object store answered recently (cached 2 s)."""
+        if time.monotonic() < self._storage_ok_until:
+            return
+        try:
+            self.store.check()
+        except StorageUnavailable as exc:
+            raise StorageDown(str(exc)) from exc
+        self._storage_ok_until = time.monotonic() + 2.0
+
+    def accept(self, batch: Batch, meta: InstanceMeta, data: bytes) -> None:
+        """Make one instance durable in the spool and hand it to the stager.
+
+        Raises ``StorageDown`` (nothing kept) when the store is down or the spool is full.
+        """
+        if self._hooks.storage_down.value:
+            self._storage_ok_until = 0.0
+            self.check_storage()
+        if self._hooks.spool_bytes.value + len(data) > self.settings.spool_max_bytes:
+            raise StorageDown("spool is full")
+        path = spool_write(
+            self.settings.spool_dir, batch.tenant_id, data, self.settings.spool_fsync
+        )
+        self._hooks.recovered(len(data))  # counts it in flight until the stager is done
+        batch.pending += 1
+        self._commands.put(("item", batch.id, meta, path, len(data)))
+
+    def end_batch(self, batch: Batch, *, aborted: bool) -> None:
+        batch.ended = "aborted" if aborted else "released"
+        self._commands.put(("end", batch.id, aborted))
