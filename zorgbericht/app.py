@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
@@ -13,6 +14,7 @@ from zorgbericht import __version__
 from zorgbericht.errors import DomainError
 from zorgbericht.runtime import Runtime, build_runtime
 from zorgbericht.settings import Settings
+from zorgbericht.shares.routes import router as shares_router
 from zorgbericht.staging.routes import router as studies_router
 
 
@@ -44,6 +46,19 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 with one readable sentence per problem; never echoes what was sent."""
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"] if p not in ("body", "query", "path"))
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append({"field": where or None, "message": message})
+        detail = "; ".join(
+            f"{p['field']}: {p['message']}" if p["field"] else p["message"] for p in problems
+        )
+        return JSONResponse({"detail": detail, "problems": problems}, status_code=422)
+
     @app.get("/healthz", tags=["operations"])
     def healthz(request: Request) -> dict[str, str]:
         """Liveness and readiness: the database answers."""
@@ -53,4 +68,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return {"status": "ok", "version": __version__}
 
     app.include_router(studies_router)
+    app.include_router(shares_router)
     return app

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from zorgbericht.audit import service as audit
 from zorgbericht.errors import Unauthorized
 from zorgbericht.runtime import Runtime
 from zorgbericht.storage import ObjectStore
@@ -50,6 +51,17 @@ def get_api_client(
     return found
 
 
+def api_actor(request: Request, key: ApiKey) -> audit.Actor:
+    """The audit actor for a request made with an API key."""
+    return audit.Actor(
+        "apikey",
+        f"apikey:{key.id}",
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 ApiClientDep = Annotated[tuple[Tenant, ApiKey], Depends(get_api_client)]

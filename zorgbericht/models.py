@@ -2,6 +2,8 @@
 
 from zorgbericht.audit.models import AuditEvent, AuditHead
 from zorgbericht.db import Base
+from zorgbericht.delivery.models import OutboxMessage
+from zorgbericht.shares.models import PullJob, Share, ShareStudy
 from zorgbericht.staging.models import Instance, Series, Study
 from zorgbericht.tenants.models import ApiKey, StaffUser, Tenant, TenantAETitle
 
@@ -11,7 +13,11 @@ __all__ = [
     "AuditHead",
     "Base",
     "Instance",
+    "OutboxMessage",
+    "PullJob",
     "Series",
+    "Share",
+    "ShareStudy",
     "StaffUser",
     "Study",
     "Tenant",

@@ -10,7 +10,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from zorgbericht import migrate
 from zorgbericht.db import make_engine, make_sessionmaker
+from zorgbericht.delivery.mailer import Mailer, make_mailer
 from zorgbericht.settings import Settings
+from zorgbericht.shares.pacs import PacsFinder
 from zorgbericht.storage import ObjectStore, make_store
 
 
@@ -20,6 +22,8 @@ class Runtime:
     engine: Engine
     sessions: sessionmaker[Session]
     store: ObjectStore
+    mailer: Mailer
+    pacs: PacsFinder | None = None  # set by the process entry point that has a DICOM client
 
     def close(self) -> None:
         self.engine.dispose()
@@ -31,7 +35,13 @@ def build_runtime(settings: Settings, *, run_migrations: bool = True) -> Runtime
     if run_migrations:
         migrate.upgrade(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
-    return Runtime(settings, engine, make_sessionmaker(engine), make_store(settings))
+    return Runtime(
+        settings,
+        engine,
+        make_sessionmaker(engine),
+        make_store(settings),
+        make_mailer(settings.smtp_url, settings.data_dir),
+    )
 
 
 def configure_logging(level: str) -> None:

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     secret_key: SecretStr = SecretStr(PLACEHOLDER_SECRET)
 
     smtp_url: str | None = None
+    mail_from: str = "no-reply@zorgbericht.invalid"
+    unshared_retention: Duration = timedelta(days=2)
+    pull_attempts: int = 3
+    pull_retry_seconds: float = 60.0
     sms_backend: str = "file"
 
     dicom_ae_title: str = Field("ZORGBERICHT", max_length=16)

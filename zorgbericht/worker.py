@@ -1,25 +1,45 @@
-"""The background scheduler: study-stable detection (purge and outbox come with shares)."""
+"""The background scheduler: stable studies, share progress, expiry and purge, the outbox."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from zorgbericht.db import transaction
+from sqlalchemy import select
+
+from zorgbericht.db import transaction, utcnow
+from zorgbericht.delivery import service as delivery
 from zorgbericht.runtime import Runtime
+from zorgbericht.shares import service as shares
+from zorgbericht.shares.models import Share, ShareState
+from zorgbericht.shares.purge import purge
 from zorgbericht.staging import service as staging
 
 log = logging.getLogger(__name__)
 
 
-def run_once(runtime: Runtime) -> int:
+def run_once(runtime: Runtime, now: datetime | None = None) -> int:
     """Run every due job once; return how many studies became stable."""
+    now = now or utcnow()
     quiet = timedelta(seconds=runtime.settings.study_quiet_seconds)
     with transaction(runtime.sessions) as session:
-        settled = staging.settle_studies(session=session, quiet=quiet)
-    if settled:
-        log.info("%d stud%s became stable", len(settled), "y" if len(settled) == 1 else "ies")
+        settled = staging.settle_studies(session=session, quiet=quiet, now=now)
+    with transaction(runtime.sessions) as session:
+        for share in session.scalars(
+            select(Share)
+            .where(Share.state == ShareState.pending)
+            .with_for_update(skip_locked=True)
+            .limit(500)
+        ):
+            shares.advance(session=session, share=share, now=now)
+    with transaction(runtime.sessions) as session:
+        report = purge(session=session, store=runtime.store, settings=runtime.settings, now=now)
+    if report.expired or report.shares_purged or report.studies_purged:
+        log.info("purge: %s", report)
+    delivery.send_due(
+        sessions=runtime.sessions, mailer=runtime.mailer, sender=runtime.settings.mail_from, now=now
+    )
     return len(settled)
 
 

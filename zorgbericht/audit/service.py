@@ -62,7 +62,23 @@ class Ev(enum.Enum):
     staff_created = ("staff.created", "110110", "C")
     apikey_created = ("apikey.created", "110110", "C")
     studies_queried = ("studies.queried", "110112", "R")
+    share_created = ("share.created", "110106", "C")
+    share_refused = ("share.refused", "110106", "C")
+    share_ready = ("share.ready", "110106", "U")
+    share_failed = ("share.failed", "110106", "U")
+    share_revoked = ("share.revoked", "110106", "D")
+    share_expired = ("share.expired", "110106", "D")
+    share_viewed = ("share.viewed", "110110", "R")
+    shares_listed = ("shares.listed", "110112", "R")
+    share_purged = ("share.purged", "110105", "D")
+    study_pulled = ("study.pulled", "110104", "C")
+    pull_failed = ("study.pull_failed", "110104", "C")
+    letter_downloaded = ("letter.downloaded", "110106", "R")
+    mail_queued = ("mail.queued", "110106", "C")
+    mail_sent = ("mail.sent", "110106", "E")
+    mail_failed = ("mail.failed", "110106", "E")
     audit_exported = ("audit.exported", "110101", "R")
+    audit_viewed = ("audit.viewed", "110101", "R")
 
     @property
     def event_name(self) -> str:
