@@ -25,10 +25,34 @@ log = logging.getLogger(__name__)
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 MAX_ATTEMPTS = 24  # with the backoff below: about two days of trying
 MONTHS = {
-    "nl": "januari februari maart april mei juni juli augustus september oktober november "
-    "december".split(),
-    "en": "January February March April May June July August September October November "
-    "December".split(),
+    "nl": [
+        "januari",
+        "februari",
+        "maart",
+        "april",
+        "mei",
+        "juni",
+        "juli",
+        "augustus",
+        "september",
+        "oktober",
+        "november",
+        "december",
+    ],
+    "en": [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ],
 }
 
 

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import mail_templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+import mail_templates
 
 FOLDER = Path(mail_templates.__file__).parent
 UNKNOWN = {"nl": "Onbekend", "en": "Unknown"}

@@ -12,7 +12,6 @@ from alembic import op
 
 from zorgbericht.db import UTCDateTime
 
-
 revision: str = "bd7feb002eb5"
 down_revision: str | None = "c922cb94fcd4"
 branch_labels: str | Sequence[str] | None = None
