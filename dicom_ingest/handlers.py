@@ -36,28 +36,41 @@ def _actor(event: Event) -> audit.Actor:
 def handle_requested(event: Event, sessions: sessionmaker[Session]) -> None:
     """Reject the association unless the calling AE title belongs to a tenant.
 
-    The rejection is permanent, source "service user", reason "calling AE title not
-    recognised" (PS3.8 9.3.4), and is audited as a security alert.
+    Unknown caller: rejected permanently, source "service user", reason "calling AE title
+    not recognised" (PS3.8 9.3.4), audited as a security alert. When the tenant list cannot
+    be read (database down) the association is rejected as transient congestion, so the
+    sender tries again later instead of sending into a node that cannot stage.
     """
     calling = event.assoc.requestor.primitive.calling_ae_title.strip()
-    with transaction(sessions) as session:
-        tenant = tenants.tenant_for_ae(session=session, ae_title=calling)
-        if tenant is None:
-            audit.record(
-                session=session,
-                event=audit.Ev.association_refused,
-                actor=audit.Actor("dicom", calling, ip=event.assoc.requestor.address),
-                tenant_id=None,
-                outcome=audit.Outcome.minor_failure,
-                details={"reason": "calling AE title not recognised"},
-            )
+    try:
+        with transaction(sessions) as session:
+            tenant = tenants.tenant_for_ae(session=session, ae_title=calling)
+            if tenant is None:
+                audit.record(
+                    session=session,
+                    event=audit.Ev.association_refused,
+                    actor=audit.Actor("dicom", calling, ip=event.assoc.requestor.address),
+                    tenant_id=None,
+                    outcome=audit.Outcome.minor_failure,
+                    details={"reason": "calling AE title not recognised"},
+                )
+    except Exception as exc:
+        log.error(
+            "cannot check calling AE title (%s): association refused for now", type(exc).__name__
+        )
+        _reject(event, 0x02, 0x03, 0x01)
+        return
     if tenant is None:
         log.warning("association from unknown AE title %r refused", calling)
-        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-        event.assoc.is_rejected = True
-        event.assoc.kill()
+        _reject(event, 0x01, 0x01, 0x03)
         return
     event.assoc.zb_tenant_id = tenant.id  # type: ignore[attr-defined]
+
+
+def _reject(event: Event, result: int, source: int, reason: int) -> None:
+    event.assoc.acse.send_reject(result, source, reason)
+    event.assoc.is_rejected = True
+    event.assoc.kill()
 
 
 def handle_accepted(
@@ -87,6 +100,14 @@ def handle_store(event: Event, pipeline: Pipeline | StagerProcess) -> int:
     ``0xC211`` when a UID is missing, ``0xA900`` when it does not match the request.
     """
     batch: Batch = event.assoc.zb_batch
+    try:
+        return _store(event, batch, pipeline)
+    except Exception as exc:  # a failure of ours, not of the data: the sender may retry
+        log.error("C-STORE failed unexpectedly (%s); answered out of resources", type(exc).__name__)
+        return OUT_OF_RESOURCES
+
+
+def _store(event: Event, batch: Batch, pipeline: Pipeline | StagerProcess) -> int:
     try:
         if batch.pending == 0:
             pipeline.check_storage()

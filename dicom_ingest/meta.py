@@ -8,7 +8,10 @@ from datetime import date
 import pydicom
 from pydicom.dataset import Dataset
 
+from zorgbericht.bsn import is_valid_bsn
 from zorgbericht.staging.schemas import InstanceMeta
+
+__all__ = ["UndecodableInstance", "is_valid_bsn", "meta_from_dataset", "read_meta"]
 
 BSN_ISSUER = "NLMINBIZA"
 NON_IMAGE_CLASSES = {
@@ -18,16 +21,6 @@ NON_IMAGE_CLASSES = {
 
 class UndecodableInstance(ValueError):
     """The data set cannot be parsed or lacks the identifiers every instance must carry."""
-
-
-def is_valid_bsn(value: str) -> bool:
-    """The Dutch citizen service number's 11-check (elfproef)."""
-    digits = value.strip()
-    if not (digits.isascii() and digits.isdigit()) or len(digits) not in (8, 9):
-        return False
-    digits = digits.zfill(9)
-    total = sum(int(d) * w for d, w in zip(digits[:8], range(9, 1, -1), strict=True))
-    return (total - int(digits[8])) % 11 == 0 and digits != "000000000"
 
 
 def _bsn(ds: Dataset) -> str | None:

@@ -18,11 +18,13 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import timedelta
 from multiprocessing import get_context
 from pathlib import Path
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ingest import previews
@@ -47,16 +49,22 @@ class StorageDown(RuntimeError):
 def spool_write(spool: Path, tenant_id: int, data: bytes, fsync: bool) -> Path:
     """Write one instance durably into the spool; raise ``StorageDown`` when the disk fails."""
     folder = spool / str(tenant_id)
-    folder.mkdir(exist_ok=True)
     final = folder / f"{uuid.uuid4().hex}.dcm"
     tmp = final.with_suffix(".part")
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             fh.write(data)
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, final)
+        if fsync:  # the rename itself must survive a power cut: the sender was told "stored"
+            directory = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StorageDown(f"spool: {exc.strerror}") from exc
@@ -77,6 +85,7 @@ class Batch:
     pending: int = 0
     ended: str | None = None  # "released" or "aborted"
     finalized: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -114,12 +123,18 @@ class Pipeline:
         store: ObjectStore,
         sessions: sessionmaker[Session],
         hooks: Hooks | None = None,
+        spool: Path | None = None,
+        recover: bool = True,
     ) -> None:
+        """``spool`` defaults to the node's spool; an import passes a private one and
+        ``recover=False`` so it never takes over what a running node has spooled."""
         self.settings = settings
         self.hooks = hooks or Hooks()
+        self.recover = recover
+        self._paths: set[Path] = set()
         self.store = store
         self.sessions = sessions
-        self.spool = settings.spool_dir
+        self.spool = spool or settings.spool_dir
         self.spool.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._uploads: queue.Queue[Item | None] = queue.Queue()
@@ -130,6 +145,7 @@ class Pipeline:
         self._active: Counter[tuple[int, str]] = Counter()  # (tenant, study) -> open users
         self._open_batches: list[Batch] = []
         self._in_flight = 0
+        self._markers = 0  # batch summaries queued but not yet written
         self._spool_bytes = 0
         self._storage_ok_until = 0.0
         self._storage_down_reason: str | None = None
@@ -153,7 +169,8 @@ class Pipeline:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        self._recover_spool()
+        if self.recover:
+            self._recover_spool()
 
     def close(self, timeout: float = 30.0) -> None:
         self.drain(timeout)
@@ -171,7 +188,7 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                if self._in_flight == 0:
+                if self._in_flight == 0 and self._markers == 0:
                     return True
             time.sleep(0.02)
         return False
@@ -211,8 +228,11 @@ class Pipeline:
         self.enqueue(batch, meta, path, len(data))
 
     def enqueue(self, batch: Batch, meta: InstanceMeta, path: Path, size: int) -> None:
-        """Queue an instance already durable in the spool."""
+        """Queue an instance already durable in the spool (once, however often it is told)."""
         with self._lock:
+            if path in self._paths:
+                return
+            self._paths.add(path)
             self._in_flight += 1
             self._spool_bytes += size
             batch.pending += 1
@@ -224,10 +244,14 @@ class Pipeline:
         self._uploads.put(Item(batch.tenant_id, path, meta, batch, size=size))
 
     def end_batch(self, batch: Batch, *, aborted: bool) -> None:
-        """Close a batch; its audit summary is written once all its instances are indexed."""
+        """Close a batch once; its audit summary is written when all its instances are indexed."""
         with self._lock:
+            if batch.ended is not None:
+                return
             batch.ended = "aborted" if aborted else "released"
             ready = batch.pending == 0
+            if ready:
+                self._markers += 1
         if ready:
             self._index.put(Item(batch.tenant_id, Path(), _MARKER, batch))
 
@@ -240,16 +264,23 @@ class Pipeline:
                 try:
                     self._upload(item)
                     break
-                except StorageUnavailable as exc:
-                    self._storage_down_reason = str(exc)
+                except FileNotFoundError:
+                    log.error("spool file %s vanished before upload; skipped", item.path.name)
+                    self._forget(item)
+                    item = None
+                    break
+                except Exception as exc:  # store down, throttled, refusing: keep the spool
+                    reason = str(exc) if isinstance(exc, StorageUnavailable) else type(exc).__name__
+                    self._storage_down_reason = reason
                     self._storage_ok_until = 0.0
                     self.hooks.storage(True)
-                    log.warning("object store unavailable (%s); retrying in %.1fs", exc, backoff)
+                    log.warning("upload failed (%s); retrying in %.1fs", reason, backoff)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, 30.0)
             else:
                 return
-            self._index.put(item)
+            if item is not None:
+                self._index.put(item)
 
     def _upload(self, item: Item) -> None:
         digest = hashlib.sha256()
@@ -286,20 +317,55 @@ class Pipeline:
             self._index_with_retry(chunk)
 
     def _index_with_retry(self, chunk: list[Item]) -> None:
-        backoff = 0.5
-        while not self._stop.is_set():
+        """Index a chunk; a chunk that keeps failing is retried item by item, so one bad
+        instance (moved aside) never blocks the rest. A database that is down is waited for."""
+        backoff, failures = 0.5, 0
+        while not self._stop.is_set() or self._in_flight or self._markers:
             try:
                 pending = self._index_chunk(chunk)
-                break
-            except Exception:  # database down or busy: keep the spool, try again
-                log.exception(
-                    "indexing %d instances failed; retrying in %.1fs", len(chunk), backoff
+            except Exception as exc:  # parameters hidden by the engine: no patient data here
+                failures += 1
+                log.warning(
+                    "indexing %d instances failed (%s); retrying in %.1fs",
+                    len(chunk),
+                    type(exc).__name__,
+                    backoff,
                 )
-                self._stop.wait(backoff)
+                if failures >= 3 and len(chunk) > 1:
+                    for item in chunk:
+                        self._index_with_retry([item])
+                    return
+                if failures >= 10 and self._database_answers():
+                    self._quarantine(chunk[0])
+                    return
+                time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
-        else:
+                continue
+            try:
+                self._after_index(chunk, pending)
+            except Exception:
+                log.exception("after indexing %d instances", len(chunk))
             return
-        self._after_index(chunk, pending)
+
+    def _database_answers(self) -> bool:
+        try:
+            with self.sessions() as session:
+                session.execute(select(1))
+            return True
+        except Exception:
+            return False
+
+    def _quarantine(self, item: Item) -> None:
+        """Move an instance the index keeps refusing aside, for an operator to look at."""
+        if item.meta is _MARKER:
+            with self._lock:
+                self._markers -= 1
+            return
+        log.error("instance in %s cannot be indexed; moved aside as .bad", item.path.name)
+        if item.path.exists():
+            item.path.rename(item.path.with_suffix(".bad"))
+        self._forget(item)
+        self._batch_progress(item.batch)
 
     def _index_chunk(self, chunk: list[Item]) -> dict[tuple[int, str], int]:
         now = utcnow()
@@ -316,6 +382,12 @@ class Pipeline:
                     session=session, tenant_id=tenant_id, items=stored, now=now
                 )
                 pending.update({(tenant_id, sop): i for sop, i in ids.items()})
+            # Until its association is released, a study may be incomplete: flag it now, so
+            # a crash or an abort leaves it flagged; the release summary clears the flag.
+            for tenant_id, uids in _open_association_studies(chunk).items():
+                staging.set_interrupted(
+                    session=session, tenant_id=tenant_id, study_uids=uids, interrupted=True
+                )
             for item in chunk:
                 if item.meta is _MARKER and item.batch is not None:
                     self._finalize(session, item.batch)
@@ -327,14 +399,15 @@ class Pipeline:
                 if item.batch is not None:
                     self._release_studies(item.batch)
                     item.batch.finalized.set()
+                with self._lock:
+                    self._markers -= 1
                 continue
             instance_id = pending.get((item.tenant_id, item.meta.sop_uid))
             if instance_id is None:
                 self._done(item)
             else:
                 item.instance_id = instance_id
-                future = self._renderer.submit(previews.render_file, str(item.path))
-                self._previews.put((item, future))
+                self._previews.put((item, self._render(str(item.path))))
             self._batch_progress(item.batch)
 
     def _batch_progress(self, batch: Batch | None) -> None:
@@ -343,6 +416,8 @@ class Pipeline:
         with self._lock:
             batch.pending -= 1
             ready = batch.pending == 0 and batch.ended is not None
+            if ready:
+                self._markers += 1
         if ready:
             self._index.put(Item(batch.tenant_id, Path(), _MARKER, batch))
 
@@ -368,12 +443,13 @@ class Pipeline:
                     "ended": batch.ended,
                 },
             )
-        staging.set_interrupted(
-            session=session,
-            tenant_id=batch.tenant_id,
-            study_uids=batch.studies,
-            interrupted=aborted,
-        )
+        if batch.kind == "association":
+            staging.set_interrupted(
+                session=session,
+                tenant_id=batch.tenant_id,
+                study_uids=batch.studies,
+                interrupted=aborted,
+            )
 
     def _release_studies(self, batch: Batch) -> None:
         with self._lock:
@@ -396,6 +472,17 @@ class Pipeline:
                 log.exception("storing previews failed")
             if item is not None:
                 self._done(item)
+
+    def _render(self, path: str) -> Future[previews.Rendered]:
+        """Submit to the renderer pool, replacing a pool a crashed worker broke."""
+        try:
+            return self._renderer.submit(previews.render_file, path)
+        except BrokenProcessPool:
+            log.error("preview renderer crashed; starting a new one")
+            self._renderer = ProcessPoolExecutor(
+                max_workers=max(1, self.settings.preview_processes), mp_context=get_context("spawn")
+            )
+            return self._renderer.submit(previews.render_file, path)
 
     def _store_previews(self, item: Item | None, future: Future[previews.Rendered]) -> None:
         assert item is not None and item.instance_id is not None
@@ -424,7 +511,11 @@ class Pipeline:
 
     def _done(self, item: Item) -> None:
         item.path.unlink(missing_ok=True)
+        self._forget(item)
+
+    def _forget(self, item: Item) -> None:
         with self._lock:
+            self._paths.discard(item.path)
             self._in_flight -= 1
             self._spool_bytes -= item.size
         self.hooks.done(item.size)
@@ -456,21 +547,17 @@ class Pipeline:
             if self._in_flight:
                 return
         try:
-            with transaction(self.sessions) as session:
+            with self.sessions() as session:
                 stale = staging.stale_pending_previews(
-                    session=session, older_than=utcnow() - timedelta(seconds=60), limit=50
+                    session=session, older_than=utcnow() - timedelta(seconds=60), limit=20
                 )
-                for instance_id in stale:
+            for instance_id in stale:  # render outside any transaction, record one by one
+                with self.sessions() as session:
                     rendered = self._render_from_store(session, instance_id)
+                state = PreviewState.failed if rendered.error else PreviewState.done
+                with transaction(self.sessions) as session:
                     staging.mark_previews(
-                        session=session,
-                        results=[
-                            (
-                                instance_id,
-                                PreviewState.failed if rendered.error else PreviewState.done,
-                                rendered.error,
-                            )
-                        ],
+                        session=session, results=[(instance_id, state, rendered.error)]
                     )
         except Exception:
             log.exception("preview sweep failed")
@@ -483,7 +570,7 @@ class Pipeline:
         tmp = self.spool / f"sweep-{uuid.uuid4().hex}.tmp"
         try:
             tmp.write_bytes(self.store.get_bytes(instance.object_key))
-            rendered = self._renderer.submit(previews.render_file, str(tmp)).result()
+            rendered = self._render(str(tmp)).result()
             for kind, frame, jpeg in rendered.images:
                 self.store.put_bytes(
                     staging.preview_key(instance.object_key, kind, frame), jpeg, "image/jpeg"
@@ -496,7 +583,7 @@ class Pipeline:
 
     def _recover_spool(self) -> None:
         """Stage again every complete spool file a previous run did not finish."""
-        for folder in sorted(p for p in self.spool.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in self.spool.iterdir() if p.is_dir() and p.name.isdigit()):
             batch = self.open_batch(tenant_id=int(folder.name), actor=audit.SYSTEM, kind="recovery")
             for part in folder.glob("*.part"):
                 part.unlink(missing_ok=True)  # never acknowledged: the sender was not answered
@@ -514,3 +601,11 @@ class Pipeline:
 
 
 _MARKER = InstanceMeta("", "", "", "", "")
+
+
+def _open_association_studies(chunk: list[Item]) -> dict[int, set[str]]:
+    found: dict[int, set[str]] = {}
+    for item in chunk:
+        if item.meta is not _MARKER and item.batch is not None and item.batch.kind == "association":
+            found.setdefault(item.tenant_id, set()).add(item.meta.study_uid)
+    return found

@@ -3,7 +3,7 @@
 The association threads only parse the header and write the spool file; uploading (boto3 is
 heavy Python), indexing and preview bookkeeping happen in the stager process, so they never
 hold the interpreter lock the C-STORE answers wait for. The spool stays the durable hand-off:
-if the stager dies, a restart stages what is left in it.
+if the stager dies, a new one is started and stages what is left in it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import signal
+import threading
 import time
 from multiprocessing import get_context
 from multiprocessing.sharedctypes import Synchronized
@@ -76,21 +77,29 @@ def _stager_main(
             if os.getppid() != parent:  # the DICOM server is gone: finish and leave
                 break
             continue
-        kind, batch_id, *args = command
-        if kind == "stop":
+        if command[0] == "stop":
             break
-        if kind == "open":
-            tenant_id, actor, batch_kind = args
-            batches[batch_id] = pipeline.open_batch(
-                tenant_id=tenant_id, actor=actor, kind=batch_kind
-            )
-        elif kind == "item":
-            meta, path, size = args
-            pipeline.enqueue(batches[batch_id], meta, path, size)
-        elif kind == "end":
-            pipeline.end_batch(batches.pop(batch_id), aborted=args[0])
+        try:
+            _apply(pipeline, batches, command)
+        except Exception:  # never die on one command: its spool file stays for recovery
+            log.exception("stager command %s failed", command[0])
     pipeline.close(timeout=600)
     runtime.close()
+
+
+def _apply(pipeline: Pipeline, batches: dict[str, Batch], command: tuple[Any, ...]) -> None:
+    kind, batch_id, *args = command
+    if kind == "open":
+        tenant_id, actor, batch_kind = args
+        batch = pipeline.open_batch(tenant_id=tenant_id, actor=actor, kind=batch_kind)
+        batches[batch_id] = batch
+    elif kind == "item":
+        meta, path, size, tenant_id, actor = args
+        if batch_id not in batches:  # opened before a restart of this process
+            batches[batch_id] = pipeline.open_batch(tenant_id=tenant_id, actor=actor)
+        pipeline.enqueue(batches[batch_id], meta, path, size)
+    elif kind == "end" and batch_id in batches:
+        pipeline.end_batch(batches.pop(batch_id), aborted=args[0])
 
 
 class StagerProcess:
@@ -100,19 +109,23 @@ class StagerProcess:
         self.settings = settings
         self.store = store
         settings.spool_dir.mkdir(parents=True, exist_ok=True)
-        context = get_context("spawn")
-        self._commands = context.Queue()
-        self._ready = context.Event()
+        self._context = get_context("spawn")
         self._hooks = _SharedHooks(
-            context.Value("q", 0), context.Value("q", 0), context.Value("b", 0)
+            self._context.Value("q", 0), self._context.Value("q", 0), self._context.Value("b", 0)
         )
-        self._process = context.Process(
+        self._restart_lock = threading.Lock()
+        self._storage_ok_until = 0.0
+        self._make_process()
+
+    def _make_process(self) -> None:
+        self._commands = self._context.Queue()
+        self._ready = self._context.Event()
+        self._process = self._context.Process(
             target=_stager_main,
             name="zb-stager",
             daemon=False,
-            args=(settings, self._commands, self._hooks, os.getpid(), self._ready),
+            args=(self.settings, self._commands, self._hooks, os.getpid(), self._ready),
         )
-        self._storage_ok_until = 0.0
 
     def start(self, timeout: float = 120.0) -> None:
         """Start the stager; return once it has taken over the spool left by an earlier run."""
@@ -147,27 +160,50 @@ class StagerProcess:
             return
         try:
             self.store.check()
-        except StorageUnavailable as exc:
+        except (StorageUnavailable, KeyError) as exc:
             raise StorageDown(str(exc)) from exc
         self._storage_ok_until = time.monotonic() + 2.0
 
     def accept(self, batch: Batch, meta: InstanceMeta, data: bytes) -> None:
         """Make one instance durable in the spool and hand it to the stager.
 
-        Raises ``StorageDown`` (nothing kept) when the store is down or the spool is full.
+        Raises ``StorageDown`` (nothing kept) when the store is down, the spool is full or
+        the association has already ended.
         """
+        if not self._process.is_alive():
+            self._restart()
         if self._hooks.storage_down.value:
             self._storage_ok_until = 0.0
             self.check_storage()
         if self._hooks.spool_bytes.value + len(data) > self.settings.spool_max_bytes:
             raise StorageDown("spool is full")
-        path = spool_write(
-            self.settings.spool_dir, batch.tenant_id, data, self.settings.spool_fsync
-        )
-        self._hooks.recovered(len(data))  # counts it in flight until the stager is done
-        batch.pending += 1
-        self._commands.put(("item", batch.id, meta, path, len(data)))
+        # The connection-closed event runs on another thread than C-STORE: the batch lock
+        # keeps "end" from overtaking an instance that is being spooled.
+        with batch.lock:
+            if batch.ended is not None:
+                raise StorageDown("the association has ended")
+            path = spool_write(
+                self.settings.spool_dir, batch.tenant_id, data, self.settings.spool_fsync
+            )
+            self._hooks.recovered(len(data))  # in flight until the stager is done with it
+            batch.pending += 1
+            self._commands.put(
+                ("item", batch.id, meta, path, len(data), batch.tenant_id, batch.actor)
+            )
 
     def end_batch(self, batch: Batch, *, aborted: bool) -> None:
-        batch.ended = "aborted" if aborted else "released"
-        self._commands.put(("end", batch.id, aborted))
+        """End a batch once (released, aborted and connection-closed may all report it)."""
+        with batch.lock:
+            if batch.ended is not None:
+                return
+            batch.ended = "aborted" if aborted else "released"
+            self._commands.put(("end", batch.id, aborted))
+
+    def _restart(self) -> None:
+        """The stager died: start a new one, which stages what the spool holds."""
+        with self._restart_lock:
+            if self._process.is_alive():
+                return
+            log.error("stager process exited with %s; restarting it", self._process.exitcode)
+            self._make_process()
+            self.start()

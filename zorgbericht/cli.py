@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -48,6 +49,15 @@ def _runtime() -> Runtime:
     return build_runtime(settings)
 
 
+def _web_runtime() -> Runtime:
+    """A runtime whose share API can ask the tenant's PACS about studies not staged."""
+    from dicom_ingest.pull import PacsClient
+
+    runtime = _runtime()
+    runtime.pacs = PacsClient(runtime.settings.dicom_ae_title)
+    return runtime
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}")
     return typer.Exit(code)
@@ -71,7 +81,7 @@ def serve(
     ] = False,
 ) -> None:
     """Run the web app, plus the DICOM receiver and the background worker."""
-    runtime = _runtime()
+    runtime = _web_runtime()
     _serve(runtime, host, port, dicom_port, dicom=not no_dicom, background=not no_worker)
 
 
@@ -109,6 +119,7 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
 
 
 def _start_dicom(runtime: Runtime, port: int | None):  # type: ignore[no-untyped-def]
+    from dicom_ingest.pull import PacsClient, Puller
     from dicom_ingest.server import start_dicom_server
     from dicom_ingest.stager import StagerProcess
 
@@ -117,13 +128,20 @@ def _start_dicom(runtime: Runtime, port: int | None):  # type: ignore[no-untyped
     server = start_dicom_server(
         settings=runtime.settings, sessions=runtime.sessions, pipeline=stager, port=port
     )
-    return server, stager
+    puller = Puller(
+        settings=runtime.settings,
+        sessions=runtime.sessions,
+        client=PacsClient(runtime.settings.dicom_ae_title),
+    )
+    puller.start()
+    return server, stager, puller
 
 
 def _stop_dicom(node) -> None:  # type: ignore[no-untyped-def]
-    server, pipeline = node
+    server, stager, puller = node
+    puller.close()
     server.shutdown()
-    pipeline.close()
+    stager.close()
 
 
 def _wait_for_signal() -> None:
@@ -257,7 +275,15 @@ def _import(runtime: Runtime, path: Path, tenant_id: int, *, show_progress: bool
     from dicom_ingest.importer import import_path
     from dicom_ingest.pipeline import Pipeline
 
-    pipeline = Pipeline(settings=runtime.settings, store=runtime.store, sessions=runtime.sessions)
+    # A private spool: a DICOM node running on the same data folder keeps its own.
+    spool = runtime.settings.data_dir / "import-spool" / secrets.token_hex(8)
+    pipeline = Pipeline(
+        settings=runtime.settings,
+        store=runtime.store,
+        sessions=runtime.sessions,
+        spool=spool,
+        recover=False,
+    )
     pipeline.start()
     columns = [
         TextColumn("{task.description}"),
@@ -293,6 +319,7 @@ def _import(runtime: Runtime, path: Path, tenant_id: int, *, show_progress: bool
         raise _fail(str(exc)) from None
     finally:
         pipeline.close()
+        shutil.rmtree(spool, ignore_errors=True)
     return result
 
 
@@ -327,6 +354,23 @@ def studies(
         )
     if not rows:
         typer.echo("nothing staged")
+
+
+@app.command()
+def purge() -> None:
+    """Expire and destroy what is due now (the worker also does this on its schedule)."""
+    from zorgbericht.db import utcnow
+    from zorgbericht.shares.purge import purge as run_purge
+
+    runtime = _runtime()
+    with transaction(runtime.sessions) as session:
+        report = run_purge(
+            session=session, store=runtime.store, settings=runtime.settings, now=utcnow()
+        )
+    typer.echo(
+        f"expired {report.expired} shares; purged {report.shares_purged} shares and "
+        f"{report.studies_purged} studies ({report.objects_deleted} objects)"
+    )
 
 
 # -- audit -----------------------------------------------------------------------------
@@ -389,7 +433,7 @@ def demo(
     ] = None,
 ) -> None:
     """Set up a demo tenant, an API key and a synthetic study, then serve."""
-    runtime = _runtime()
+    runtime = _web_runtime()
     with transaction(runtime.sessions) as session:
         from sqlalchemy import select
 

@@ -245,3 +245,19 @@ def test_demo_stages_a_study_and_prints_a_working_api_key(env: dict[str, str]) -
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def test_purge_destroys_studies_no_share_needs(env: dict[str, str], tmp_path: Path) -> None:
+    from dicom_ingest.synthetic import write_study
+
+    assert zb(env, "tenant", "create", "acme", "--name", "Acme", "--ae", "STORESCU").returncode == 0
+    write_study(tmp_path / "s", series=1, slices=2, size=32)
+    assert zb(env, "import", str(tmp_path / "s"), "--tenant", "acme").returncode == 0
+    kept = zb(env, "purge")
+    assert kept.returncode == 0 and "0 studies" in kept.stdout
+    assert len(studies(env)) == 1
+    gone = zb({**env, "ZB_UNSHARED_RETENTION": "0"}, "purge")
+    # two instances, each: the DICOM file, its thumbnail and its preview
+    assert gone.returncode == 0 and "1 studies (6 objects)" in gone.stdout
+    assert studies(env) == []
+    assert zb(env, "audit", "verify").returncode == 0

@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from zorgbericht.audit.models import AuditEvent, AuditHead
+from zorgbericht.bsn import is_valid_bsn, masked
 from zorgbericht.db import utcnow
 
 GENESIS = "0" * 64
@@ -150,6 +151,9 @@ def record(
     leaked = FORBIDDEN_DETAIL_KEYS.intersection(k.lower() for k in details)
     if leaked:
         raise ValueError(f"audit details may not carry {sorted(leaked)}")
+    if patient_id and (is_valid_bsn(patient_id) or patient_id.strip().zfill(9) == bsn):
+        # A patient ID that is (or may be) a BSN: the trail keeps only its last digits.
+        patient_id = "BSN:" + masked(patient_id)
     head = session.execute(
         update(AuditHead)
         .where(AuditHead.id == 1)
