@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
 from zorgbericht import __version__
@@ -15,7 +16,11 @@ from zorgbericht.errors import DomainError
 from zorgbericht.runtime import Runtime, build_runtime
 from zorgbericht.settings import Settings
 from zorgbericht.shares.routes import router as shares_router
+from zorgbericht.staff.routes import SignInRequired
+from zorgbericht.staff.routes import router as staff_router
 from zorgbericht.staging.routes import router as studies_router
+from zorgbericht.web.pages import STATIC
+from zorgbericht.web.security import SecurityHeaders
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
@@ -40,6 +45,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         openapi_url="/api/openapi.json",
         lifespan=lifespan,
     )
+
+    app.add_middleware(SecurityHeaders)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(SignInRequired)
+    async def sign_in_required(request: Request, _: SignInRequired) -> RedirectResponse:
+        return RedirectResponse("/staff/login", status_code=303)
 
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
@@ -69,4 +81,5 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app.include_router(studies_router)
     app.include_router(shares_router)
+    app.include_router(staff_router)
     return app

@@ -199,6 +199,9 @@ def tenant_create(
                 session=session, slug=slug, name=name, ae_titles=ae, pacs=pacs, language=language
             )
             typer.echo(f"tenant {tenant.slug} created (AE titles: {', '.join(sorted(ae))})")
+            typer.echo(
+                f"PACS launch secret (configure it in the PACS button): {tenant.launch_secret}"
+            )
     except DomainError as exc:
         raise _fail(exc.detail) from None
 

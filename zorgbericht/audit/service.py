@@ -80,6 +80,8 @@ class Ev(enum.Enum):
     mail_failed = ("mail.failed", "110106", "E")
     audit_exported = ("audit.exported", "110101", "R")
     audit_viewed = ("audit.viewed", "110101", "R")
+    staff_sign_in = ("staff.sign_in", "110114", "E")
+    staff_launch = ("staff.pacs_launch", "110114", "E")
 
     @property
     def event_name(self) -> str:

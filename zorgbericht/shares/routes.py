@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from zorgbericht.audit import service as audit
 from zorgbericht.audit.models import AuditEvent
-from zorgbericht.db import transaction, utcnow
+from zorgbericht.db import utcnow
 from zorgbericht.delivery import service as delivery
 from zorgbericht.deps import ApiClientDep, RuntimeDep, SessionDep, StoreDep, api_actor
 from zorgbericht.errors import DomainError, NotFound
@@ -46,18 +46,14 @@ def create_share(
             now=now,
         )
     except DomainError as exc:
-        # Undo the request's work first (SQLite allows one writer), then keep the refusal.
-        session.rollback()
-        with transaction(runtime.sessions) as own:
-            audit.record(
-                session=own,
-                event=audit.Ev.share_refused,
-                actor=actor,
-                tenant_id=tenant_id,
-                outcome=audit.Outcome.minor_failure,
-                study_uids=share_in.study_uids,
-                details={"reason": exc.detail},
-            )
+        session.rollback()  # SQLite allows one writer: undo the request's work first
+        shares.record_refusal(
+            sessions=runtime.sessions,
+            tenant_id=tenant_id,
+            actor=actor,
+            study_uids=share_in.study_uids,
+            reason=exc.detail,
+        )
         raise
     share = created.share
     delivery.deliver_new_share(

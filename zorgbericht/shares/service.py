@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from zorgbericht.audit import service as audit
+from zorgbericht.db import transaction
 from zorgbericht.errors import Invalid, NotFound
 from zorgbericht.settings import Settings
 from zorgbericht.shares import codes
@@ -103,6 +104,27 @@ def create_share(
     )
     advance(session=session, share=share, now=now)
     return Created(share, code, codes.share_url(settings.public_url, code))
+
+
+def record_refusal(
+    *,
+    sessions: sessionmaker[Session],
+    tenant_id: int,
+    actor: audit.Actor,
+    study_uids: list[str],
+    reason: str,
+) -> None:
+    """Keep a refused share in the trail, in its own transaction (the request's is undone)."""
+    with transaction(sessions) as session:
+        audit.record(
+            session=session,
+            event=audit.Ev.share_refused,
+            actor=actor,
+            tenant_id=tenant_id,
+            outcome=audit.Outcome.minor_failure,
+            study_uids=study_uids,
+            details={"reason": reason},
+        )
 
 
 def _find_remote(tenant: Tenant, missing: list[str], pacs: PacsFinder | None) -> list[RemoteStudy]:
