@@ -170,9 +170,10 @@ def test_aborted_association_never_lists_the_study_as_stable(node: Node, tmp_pat
     study_uid, files = mixed_study(tmp_path / "in", with_process14=False)
     datasets = load(files[:6])
     assert store(node.port, datasets, abort_after=3) == [0, 0, 0]
-    study = wait_until(lambda: (s := _study(node, study_uid)) and s.interrupted and s)
-    assert study.instance_count == 3
     node.pipeline.drain()
+    study = wait_until(
+        lambda: (s := _study(node, study_uid)) and s.instance_count == 3 and s.interrupted and s
+    )
     with transaction(node.runtime.sessions) as db:
         assert staging.settle_studies(session=db, quiet=timedelta(0)) == []
     assert _study(node, study_uid).state == "receiving"
