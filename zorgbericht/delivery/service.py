@@ -17,6 +17,7 @@ from zorgbericht.db import transaction
 from zorgbericht.delivery import templates
 from zorgbericht.delivery.mailer import Mailer, MailerUnavailable
 from zorgbericht.delivery.models import OutboxMessage, OutboxState
+from zorgbericht.errors import NotFound
 from zorgbericht.shares.models import Share, ShareState
 from zorgbericht.storage import ObjectStore
 from zorgbericht.tenants.models import Tenant
@@ -154,6 +155,25 @@ def deliver_new_share(
             bsn_last3=share.bsn_last3,
         )
         store.put_bytes(letter_key(share), pdf, "application/pdf")
+
+
+def read_letter(*, session: Session, store: ObjectStore, share: Share, actor: audit.Actor) -> bytes:
+    """The share's letter PDF, audited as downloaded; NotFound when it has none (any more)."""
+    if share.delivery != "letter" or share.purged_at is not None:
+        raise NotFound("this share has no letter")
+    try:
+        pdf = store.get_bytes(letter_key(share))
+    except KeyError:
+        raise NotFound("this share has no letter") from None
+    audit.record(
+        session=session,
+        event=audit.Ev.letter_downloaded,
+        actor=actor,
+        tenant_id=share.tenant_id,
+        share_id=share.id,
+        patient_id=share.patient_id,
+    )
+    return pdf
 
 
 def release_held(*, session: Session, share: Share, now: datetime) -> None:

@@ -12,9 +12,10 @@ from zorgbericht.audit.models import AuditEvent
 from zorgbericht.db import utcnow
 from zorgbericht.delivery import service as delivery
 from zorgbericht.deps import ApiClientDep, RuntimeDep, SessionDep, StoreDep, api_actor
-from zorgbericht.errors import DomainError, NotFound
+from zorgbericht.errors import DomainError
 from zorgbericht.shares import service as shares
 from zorgbericht.shares.schemas import ShareIn, ShareOut
+from zorgbericht.web.pages import pdf_response
 
 router = APIRouter(prefix="/api/v1/shares", tags=["shares"])
 _REFUSALS = {
@@ -129,28 +130,10 @@ def share_letter(
     """The printable letter for the patient (delivery `letter` only)."""
     tenant, key = client
     share = shares.get_share(session=session, tenant_id=tenant.id, share_id=share_id)
-    if share.delivery != "letter" or share.purged_at is not None:
-        raise NotFound("this share has no letter")
-    try:
-        pdf = store.get_bytes(delivery.letter_key(share))
-    except KeyError:
-        raise NotFound("this share has no letter") from None
-    audit.record(
-        session=session,
-        event=audit.Ev.letter_downloaded,
-        actor=api_actor(request, key),
-        tenant_id=tenant.id,
-        share_id=share.id,
-        patient_id=share.patient_id,
+    pdf = delivery.read_letter(
+        session=session, store=store, share=share, actor=api_actor(request, key)
     )
-    return Response(
-        pdf,
-        media_type="application/pdf",
-        headers={
-            "Content-Disposition": f'inline; filename="zorgbericht-{share.id}.pdf"',
-            "Cache-Control": "no-store",
-        },
-    )
+    return pdf_response(pdf, f"zorgbericht-{share.id}.pdf")
 
 
 @router.delete("/{share_id}", status_code=204, responses={404: {}})

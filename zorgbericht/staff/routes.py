@@ -13,7 +13,7 @@ from zorgbericht.audit import service as audit
 from zorgbericht.db import utcnow
 from zorgbericht.delivery import service as delivery
 from zorgbericht.deps import RuntimeDep, SessionDep, StoreDep
-from zorgbericht.errors import DomainError, NotFound
+from zorgbericht.errors import DomainError
 from zorgbericht.runtime import Runtime
 from zorgbericht.shares import service as shares
 from zorgbericht.shares.schemas import ShareIn
@@ -21,7 +21,7 @@ from zorgbericht.staff import service as staff
 from zorgbericht.staging import service as staging
 from zorgbericht.tenants import service as tenants
 from zorgbericht.tenants.models import StaffUser, Tenant
-from zorgbericht.web.pages import render
+from zorgbericht.web.pages import pdf_response, render
 
 router = APIRouter(prefix="/staff", include_in_schema=False)
 
@@ -315,23 +315,10 @@ def letter(
     request: Request, share_id: int, user: CurrentStaff, session: SessionDep, store: StoreDep
 ) -> Response:
     share = shares.get_share(session=session, tenant_id=user.tenant_id, share_id=share_id)
-    try:
-        pdf = store.get_bytes(delivery.letter_key(share))
-    except KeyError:
-        raise NotFound("this share has no letter") from None
-    audit.record(
-        session=session,
-        event=audit.Ev.letter_downloaded,
-        actor=_actor(request, user),
-        tenant_id=user.tenant_id,
-        share_id=share.id,
-        patient_id=share.patient_id,
+    pdf = delivery.read_letter(
+        session=session, store=store, share=share, actor=_actor(request, user)
     )
-    return Response(
-        pdf,
-        media_type="application/pdf",
-        headers={"Content-Disposition": f'inline; filename="zorgbericht-{share.id}.pdf"'},
-    )
+    return pdf_response(pdf, f"zorgbericht-{share.id}.pdf")
 
 
 @router.get("/share")

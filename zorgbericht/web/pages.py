@@ -6,7 +6,7 @@ from functools import cache
 from pathlib import Path
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 import viewer_static
@@ -50,3 +50,12 @@ def render(
             LANG_COOKIE, lang, max_age=365 * 86400, samesite="strict", secure=True, httponly=True
         )
     return response
+
+
+def pdf_response(pdf: bytes, name: str) -> Response:
+    """A PDF shown in the browser, never cached."""
+    return Response(
+        pdf,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="{name}"', "Cache-Control": "no-store"},
+    )
