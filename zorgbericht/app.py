@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -15,6 +16,7 @@ from zorgbericht import __version__
 from zorgbericht.errors import DomainError
 from zorgbericht.runtime import Runtime, build_runtime
 from zorgbericht.settings import Settings
+from zorgbericht.shares.routes import record_invalid_request
 from zorgbericht.shares.routes import router as shares_router
 from zorgbericht.staff.routes import SignInRequired
 from zorgbericht.staff.routes import router as staff_router
@@ -59,7 +61,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         """422 with one readable sentence per problem; never echoes what was sent."""
         problems = []
         for error in exc.errors():
@@ -69,6 +71,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         detail = "; ".join(
             f"{p['field']}: {p['message']}" if p["field"] else p["message"] for p in problems
         )
+        if request.method == "POST" and request.url.path == "/api/v1/shares":
+            await run_in_threadpool(
+                record_invalid_request, request, request.app.state.runtime, detail, exc.body
+            )
         return JSONResponse({"detail": detail, "problems": problems}, status_code=422)
 
     @app.get("/healthz", tags=["operations"])

@@ -97,6 +97,17 @@ def events(rt: Runtime, share_id: int | None = None) -> list[AuditEvent]:
         return list(db.scalars(query))
 
 
+def test_a_share_without_language_takes_the_institutions(
+    api: TestClient, rt: Runtime, tenant_id: int, tmp_path: Path
+) -> None:
+    uid = stage(rt, tenant_id, tmp_path / "s")
+    with transaction(rt.sessions) as db:
+        tenants.get_tenant(session=db, slug="acme").default_language = "en"
+    request = body([uid])
+    del request["language"]
+    assert api.post("/api/v1/shares", json=request).json()["language"] == "en"
+
+
 def test_url_share_of_a_stable_study_is_ready_with_a_code_link(
     api: TestClient, rt: Runtime, tenant_id: int, tmp_path: Path
 ) -> None:
@@ -200,6 +211,8 @@ def test_bad_requests_get_a_422_that_says_what_to_fix(
     assert answer.status_code == 422
     assert words in answer.json()["detail"], answer.json()
     assert "0470123456" not in answer.text and "PAT-0042" not in answer.text
+    [refused] = [e for e in events(rt) if e.event == "share.refused"]
+    assert words in refused.details["reason"] and refused.outcome == 4
 
 
 def test_studies_of_two_patients_are_refused_and_the_refusal_audited(

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from infra.peers import free_port, wait_for_port
 from tests.integration.test_shares import stage
 from zorgbericht.app import create_app
+from zorgbericht.audit.models import AuditEvent
 from zorgbericht.db import transaction
 from zorgbericht.runtime import Runtime
 from zorgbericht.shares.models import Share
@@ -132,8 +133,17 @@ def test_form_problems_are_shown_and_nothing_is_shared(browser: Browser, portal:
     expect(page.locator(".field-error").first).to_contain_text("country code")
     assert page.locator("input[name=phone]").input_value() == "0470123456"
     page.screenshot(path=SHOTS / "staff-share-form-errors-desktop.png", full_page=True)
+    page.goto(f"{portal.url}/staff/new?study=1.2.826.0.1.404")  # staged nowhere, no PACS
+    page.check("input[name=delivery][value=url]")
+    page.fill("input[name=phone]", "0612345678")
+    page.click("button:has-text('Delen')")
+    expect(page.locator(".alert")).to_contain_text("no PACS is configured")
     with portal.runtime.sessions() as db:
         assert db.scalar(select(func.count(Share.id))) == 0
+        reasons = db.scalars(
+            select(AuditEvent.details).where(AuditEvent.event == "share.refused")
+        ).all()
+    assert len(reasons) == 2 and "country code" in reasons[0]["reason"]
 
 
 def test_the_portal_fits_a_phone(browser: Browser, portal: Portal) -> None:

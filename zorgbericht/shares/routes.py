@@ -13,8 +13,10 @@ from zorgbericht.db import utcnow
 from zorgbericht.delivery import service as delivery
 from zorgbericht.deps import ApiClientDep, RuntimeDep, SessionDep, StoreDep, api_actor
 from zorgbericht.errors import DomainError
+from zorgbericht.runtime import Runtime
 from zorgbericht.shares import service as shares
 from zorgbericht.shares.schemas import ShareIn, ShareOut
+from zorgbericht.tenants import service as tenants
 from zorgbericht.web.pages import pdf_response
 
 router = APIRouter(prefix="/api/v1/shares", tags=["shares"])
@@ -196,3 +198,26 @@ def share_audit(
         patient_id=share.patient_id,
     )
     return out
+
+
+def record_invalid_request(request: Request, runtime: Runtime, detail: str, body: object) -> None:
+    """A share request refused by validation (bad phone, email, ...) is audited too."""
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer "):
+        return
+    with runtime.sessions() as session:
+        found = tenants.tenant_for_api_key(session=session, key=header[7:].strip())
+        if found is None:
+            return
+        tenant_id, actor = found[0].id, api_actor(request, found[1])
+    uids = body.get("study_uids") if isinstance(body, dict) else None
+    uids = (
+        [u for u in uids if isinstance(u, str) and len(u) <= 64] if isinstance(uids, list) else []
+    )
+    shares.record_refusal(
+        sessions=runtime.sessions,
+        tenant_id=tenant_id,
+        actor=actor,
+        study_uids=uids[:100],
+        reason=detail[:500],
+    )

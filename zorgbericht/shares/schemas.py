@@ -21,7 +21,9 @@ class ShareIn(BaseModel):
     delivery: Literal["email", "letter", "url"] = "email"
     email: str | None = Field(None, description="required for delivery `email`")
     phone: str = Field(description="mobile number for the SMS code; Dutch without +31 is fine")
-    language: Literal["nl", "en"] = "nl"
+    language: Literal["nl", "en"] | None = Field(
+        None, description="of the email, letter and SMS; default: the institution's language"
+    )
     birth_date: date | None = Field(None, description="must match the studies when given")
 
     @field_validator("study_uids")

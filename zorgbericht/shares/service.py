@@ -66,7 +66,7 @@ def create_share(
         created_by=actor.id or actor.kind,
         recipient=share_in.recipient,
         delivery=share_in.delivery,
-        language=share_in.language,
+        language=share_in.language or tenant.default_language,
         state=ShareState.pending,
         code_hmac=codes.code_hmac(code, settings.secret_key.get_secret_value()),
         email=share_in.email,

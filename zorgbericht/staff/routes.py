@@ -245,6 +245,15 @@ def create(
             str(e["loc"][0]) if e["loc"] else "form": str(e["msg"]).removeprefix("Value error, ")
             for e in exc.errors()
         }
+        tenant_id, actor = user.tenant_id, _actor(request, user)  # before the rollback
+        session.rollback()  # SQLite allows one writer: free it before the refusal is kept
+        shares.record_refusal(
+            sessions=runtime.sessions,
+            tenant_id=tenant_id,
+            actor=actor,
+            study_uids=study_uids,
+            reason="; ".join(f"{k}: {v}" for k, v in errors.items()),
+        )
         return _form(request, runtime, session, user, study_uids, values, errors, 422)
     tenant = session.get(Tenant, user.tenant_id)
     assert tenant is not None
@@ -260,10 +269,11 @@ def create(
             now=now,
         )
     except DomainError as exc:
+        tenant_id = user.tenant_id  # before the rollback expires it
         session.rollback()
         shares.record_refusal(
             sessions=runtime.sessions,
-            tenant_id=user.tenant_id,
+            tenant_id=tenant_id,
             actor=actor,
             study_uids=study_uids,
             reason=exc.detail,
