@@ -248,6 +248,7 @@ def test_spool_left_by_a_crash_is_staged_on_start(runtime, tenant_id: int, tmp_p
     folder.mkdir(parents=True)
     ds.save_as(folder / "left-behind.dcm", enforce_file_format=True)
     (folder / "half.part").write_bytes(b"never acknowledged")
+    (folder / "0123abcd.999999.dcm").write_bytes(b"\0" * 128 + b"DICM cut short by a crash")
     node = start_node(runtime, tenant_id)
     try:
         study = wait_until(lambda: _stable(node, "1.2.3.4.5.6.7"))
