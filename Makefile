@@ -1,4 +1,4 @@
-.PHONY: run demo serve test lint bench bench-ingest peers
+.PHONY: run demo serve test lint bench bench-ingest bench-ceiling peers
 
 run: demo  ## set up the venv and run the demo (embedded default)
 
@@ -17,12 +17,15 @@ lint:
 	.venv/bin/ruff check zorgbericht dicom_ingest tests infra bench
 	.venv/bin/ruff format --check zorgbericht dicom_ingest tests infra bench
 
-bench: bench-ingest
+bench: bench-ingest bench-ceiling
 
 bench-ingest:
 	infra/install-debian.sh
 	infra/venv.sh test
 	.venv/bin/python bench/ingest.py
+
+bench-ceiling:  ## what bare pynetdicom receives, next to storescp (the ingest ratio's ceiling)
+	.venv/bin/python bench/pynetdicom_ceiling.py
 
 peers:  ## start PostgreSQL, SeaweedFS and Orthanc by hand, for trying things
 	.venv/bin/python infra/peers.py
