@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
@@ -361,7 +362,7 @@ def pacs_launch(
         tenant_id=launch.user.tenant_id,
         study_uids=launch.study_uids,
     )
-    query = "&".join(f"study={uid}" for uid in launch.study_uids)
+    query = urlencode([("study", uid) for uid in launch.study_uids])
     return _signed_in(
         RedirectResponse(f"/staff/new?{query}", status_code=303), launch.user, runtime
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from functools import cache
@@ -19,6 +20,7 @@ from zorgbericht.tenants import service as tenants
 from zorgbericht.tenants.models import StaffUser, Tenant
 
 COOKIE = "__Host-zb_staff"
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 SESSION_SECONDS = 8 * 3600
 LAUNCH_SECONDS = 300
 
@@ -114,5 +116,5 @@ def read_launch(*, session: Session, tenant: Tenant, token: str) -> Launch | Non
             StaffUser.active.is_(True),
         )
     )
-    studies = [str(uid) for uid in data.get("studies", [])][:100]
+    studies = [str(uid) for uid in data.get("studies", []) if _UID.fullmatch(str(uid))][:100]
     return Launch(user, studies) if user and studies else None
