@@ -68,6 +68,7 @@ def purge(
         select(Study)
         .where(~needed)
         .where(ever_shared | (Study.last_activity_at <= now - settings.unshared_retention))
+        .with_for_update(skip_locked=True)
     ).all()
     for study in unneeded:
         report.objects_deleted += _purge_study(session, store, study)

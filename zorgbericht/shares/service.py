@@ -50,11 +50,15 @@ def create_share(
     staged = {
         s.study_uid: s
         for s in session.scalars(
-            select(Study).where(
+            select(Study)
+            .where(
                 Study.tenant_id == tenant.id,
                 Study.study_uid.in_(share_in.study_uids),
                 Study.purged_at.is_(None),
             )
+            # FOR SHARE: a purge running now skips these rows instead of deleting them
+            # under the share being made (PostgreSQL; SQLite has one writer anyway).
+            .with_for_update(read=True)
         )
     }
     missing = [uid for uid in share_in.study_uids if uid not in staged]
