@@ -63,7 +63,10 @@ class PacsClient:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        assoc = ae.associate(host, port, ae_title=ae_title)
+        try:
+            assoc = ae.associate(host, port, ae_title=ae_title)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise PacsUnavailable(f"cannot reach {ae_title}: {type(exc).__name__}") from None
         if not assoc.is_established:
             raise PacsUnavailable(f"association with {ae_title} refused or not answered")
         return assoc
@@ -83,17 +86,10 @@ class PacsClient:
         ):
             setattr(query, keyword, "")
         assoc = self._associate(ae_title, host, port)
-        matches, final = [], None
         try:
-            for status, identifier in assoc.send_c_find(
-                query, StudyRootQueryRetrieveInformationModelFind
-            ):
-                if not status:
-                    raise PacsUnavailable("the PACS stopped answering the C-FIND")
-                if status.Status in PENDING and identifier is not None:
-                    matches.append(identifier)
-                else:
-                    final = status.Status
+            matches, final = _collect_find(assoc, query)
+        except (ValueError, RuntimeError) as exc:  # e.g. no query context accepted
+            raise PacsUnavailable(f"C-FIND failed: {type(exc).__name__}") from None
         finally:
             assoc.release()
         if final not in (0x0000, None):
@@ -120,9 +116,23 @@ class PacsClient:
                         int(status.get("NumberOfCompletedSuboperations", 0) or 0),
                         int(status.get("NumberOfFailedSuboperations", 0) or 0),
                     )
+        except (ValueError, RuntimeError) as exc:
+            raise PacsUnavailable(f"C-MOVE failed: {type(exc).__name__}") from None
         finally:
             assoc.release()
         return result
+
+
+def _collect_find(assoc, query: Dataset) -> tuple[list[Dataset], int | None]:  # type: ignore[no-untyped-def]
+    matches, final = [], None
+    for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+        if not status:
+            raise PacsUnavailable("the PACS stopped answering the C-FIND")
+        if status.Status in PENDING and identifier is not None:
+            matches.append(identifier)
+        else:
+            final = int(status.Status)
+    return matches, final
 
 
 def _remote(identifier: Dataset, study_uid: str) -> RemoteStudy:

@@ -44,6 +44,17 @@ def build_runtime(settings: Settings, *, run_migrations: bool = True) -> Runtime
     )
 
 
+class _NoQueryStrings(logging.Filter):
+    """Access log lines without query strings: a link code or patient ID never reaches a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3:
+            args = list(record.args)
+            args[2] = str(args[2]).split("?", 1)[0]
+            record.args = tuple(args)
+        return True
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -51,3 +62,4 @@ def configure_logging(level: str) -> None:
     # pynetdicom logs every PDU at INFO and dumps identifiers at DEBUG: keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").addFilter(_NoQueryStrings())

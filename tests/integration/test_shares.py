@@ -24,7 +24,7 @@ from zorgbericht.audit.models import AuditEvent
 from zorgbericht.db import transaction, utcnow
 from zorgbericht.delivery.models import OutboxMessage
 from zorgbericht.runtime import Runtime
-from zorgbericht.shares.models import Share
+from zorgbericht.shares.models import PullJob, PullState, Share
 from zorgbericht.staging import service as staging
 from zorgbericht.staging.models import Study
 from zorgbericht.tenants import service as tenants
@@ -310,3 +310,89 @@ def _listing(rt: Runtime, prefix: str) -> list[str]:
     client, bucket = rt.store.client, rt.store.bucket  # type: ignore[attr-defined]
     found = client.list_objects_v2(Bucket=bucket, Prefix=rt.store.prefix + prefix)  # type: ignore[attr-defined]
     return [o["Key"] for o in found.get("Contents", [])]
+
+
+def _settle(rt: Runtime, tenant_id: int, uid: str) -> None:
+    with transaction(rt.sessions) as db:
+        staging.settle_studies(session=db, quiet=timedelta(0), force_uids=[(tenant_id, uid)])
+
+
+def test_a_share_waits_for_its_pull_to_finish_with_every_instance(
+    api: TestClient, rt: Runtime, tenant_id: int, tmp_path: Path
+) -> None:
+    uid = stage(rt, tenant_id, tmp_path / "s", settle=False)  # 2 instances arrived so far
+    share = api.post("/api/v1/shares", json=body([uid])).json()
+    with transaction(rt.sessions) as db:
+        db.add(
+            PullJob(
+                tenant_id=tenant_id, study_uid=uid, expected_instances=5, state=PullState.pending
+            )
+        )
+    _settle(rt, tenant_id, uid)  # quiet for a while: "stable", but the pull is not done
+    worker.run_once(rt)
+    assert api.get(f"/api/v1/shares/{share['id']}").json()["state"] == "pending"
+    with transaction(rt.sessions) as db:
+        db.scalar(select(PullJob)).state = PullState.done  # done, yet 2 of 5 instances
+    worker.run_once(rt)
+    assert api.get(f"/api/v1/shares/{share['id']}").json()["state"] == "pending"
+    with transaction(rt.sessions) as db:
+        db.scalar(select(PullJob)).expected_instances = 2
+    worker.run_once(rt)
+    assert api.get(f"/api/v1/shares/{share['id']}").json()["state"] == "ready"
+
+
+def test_an_old_failed_pull_does_not_fail_a_share_of_the_study_sent_since(
+    api: TestClient, rt: Runtime, tenant_id: int, tmp_path: Path
+) -> None:
+    uid = stage(rt, tenant_id, tmp_path / "s")
+    with transaction(rt.sessions) as db:
+        db.add(
+            PullJob(
+                tenant_id=tenant_id,
+                study_uid=uid,
+                state=PullState.failed,
+                error="C-MOVE status 0xC000",
+            )
+        )
+    share = api.post("/api/v1/shares", json=body([uid])).json()
+    worker.run_once(rt)
+    assert share["state"] == "ready"
+    assert api.get(f"/api/v1/shares/{share['id']}").json()["state"] == "ready"
+
+
+def test_a_study_sent_again_after_its_share_ended_waits_the_retention(
+    api: TestClient, rt: Runtime, tenant_id: int, tmp_path: Path
+) -> None:
+    uid = stage(rt, tenant_id, tmp_path / "s")
+    share = api.post("/api/v1/shares", json=body([uid])).json()
+    api.delete(f"/api/v1/shares/{share['id']}")
+    worker.run_once(rt)
+    with rt.sessions() as db:
+        assert db.scalar(select(Study).where(Study.study_uid == uid)) is None  # done with it
+    write_study_again = stage(rt, tenant_id, tmp_path / "again")  # a new study, same patient
+    with transaction(rt.sessions) as db:  # ...and the old one sent again by the PACS
+        old = db.scalar(select(Study).where(Study.study_uid == write_study_again))
+        old.study_uid = uid
+    worker.run_once(rt)
+    with rt.sessions() as db:
+        assert db.scalar(select(Study).where(Study.study_uid == uid)) is not None
+
+
+def test_no_mail_goes_out_for_a_share_past_its_end(
+    api: TestClient, rt: Runtime, tenant_id: int, tmp_path: Path
+) -> None:
+    uid = stage(rt, tenant_id, tmp_path / "s")
+    api.post("/api/v1/shares", json=body([uid], delivery="email", email="p@example.nl"))
+    from zorgbericht.delivery import service as delivery
+
+    delivery.send_due(
+        sessions=rt.sessions,
+        mailer=rt.mailer,
+        sender="x@zb.test",
+        now=utcnow() + timedelta(days=15),
+    )
+    assert not (rt.settings.data_dir / "mail").exists() or not list(
+        (rt.settings.data_dir / "mail").glob("*.eml")
+    )
+    with rt.sessions() as db:
+        assert db.scalar(select(OutboxMessage)).state == "failed"

@@ -19,12 +19,14 @@ from zorgbericht.delivery.mailer import Mailer, MailerUnavailable
 from zorgbericht.delivery.models import OutboxMessage, OutboxState
 from zorgbericht.errors import NotFound
 from zorgbericht.shares.models import Share, ShareState
+from zorgbericht.shares.service import effective_state
 from zorgbericht.storage import ObjectStore
 from zorgbericht.tenants.models import Tenant
 
 log = logging.getLogger(__name__)
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
-MAX_ATTEMPTS = 24  # with the backoff below: about two days of trying
+# No attempt limit: a mail is tried (backoff up to an hour) for as long as its share lives;
+# once the share has ended it is given up (the code in it is never kept anywhere else).
 MONTHS = {
     "nl": [
         "januari",
@@ -216,8 +218,9 @@ def _send_one(
     session: Session, message: OutboxMessage, mailer: Mailer, sender: str, now: datetime
 ) -> int:
     share = session.get(Share, message.share_id) if message.share_id else None
-    if share is not None and share.state != ShareState.ready:
-        message.state, message.last_error = OutboxState.failed, f"share is {share.state}"
+    state = effective_state(share, now) if share is not None else ShareState.ready
+    if state != ShareState.ready:
+        message.state, message.last_error = OutboxState.failed, f"share is {state}"
         _blank(message)
         return 0
     tenant = session.get(Tenant, message.tenant_id)
@@ -226,6 +229,10 @@ def _send_one(
         mailer.send(_email(message, formataddr((tenant.name, sender))))
     except MailerUnavailable as exc:
         _retry_later(session, message, str(exc), now)
+        return 0
+    except Exception as exc:  # a broken message or folder must not block the others
+        log.exception("mail %d could not be handed over", message.id)
+        _retry_later(session, message, type(exc).__name__, now)
         return 0
     message.state, message.sent_at, message.attempts = OutboxState.sent, now, message.attempts + 1
     _blank(message)
@@ -244,23 +251,6 @@ def _send_one(
 def _retry_later(session: Session, message: OutboxMessage, reason: str, now: datetime) -> None:
     message.attempts += 1
     message.last_error = reason[:255]
-    if message.attempts >= MAX_ATTEMPTS:
-        message.state = OutboxState.failed
-        _blank(message)
-        audit.record(
-            session=session,
-            event=audit.Ev.mail_failed,
-            actor=audit.SYSTEM,
-            tenant_id=message.tenant_id,
-            share_id=message.share_id,
-            outcome=audit.Outcome.serious_failure,
-            details={
-                "outbox_id": message.id,
-                "attempts": message.attempts,
-                "reason": message.last_error,
-            },
-        )
-        return
     delay = min(30 * 2 ** (message.attempts - 1), 3600)
     message.next_attempt_at = now + timedelta(seconds=delay)
     log.warning(

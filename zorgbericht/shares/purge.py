@@ -45,7 +45,9 @@ def purge(
     """Expire what is due, then remove patient data of ended shares and unneeded studies."""
     report = PurgeReport(expired=expire_due(session=session, now=now))
     ended = session.scalars(
-        select(Share).where(Share.state.notin_(LIVE_STATES), Share.purged_at.is_(None))
+        select(Share)
+        .where(Share.state.notin_(LIVE_STATES), Share.purged_at.is_(None))
+        .with_for_update(skip_locked=True)
     ).all()
     for share in ended:
         report.objects_deleted += _purge_share(session, store, share, now)
@@ -59,15 +61,21 @@ def purge(
             Share.state.in_(LIVE_STATES),
         )
     )
-    ever_shared = exists(
+    # Shared before and ended since its last instance arrived: nobody needs it any more. A
+    # study sent again after its share ended waits the retention period, like a new one.
+    done_with = exists(
         select(ShareStudy.share_id)
         .join(Share)
-        .where(ShareStudy.study_uid == Study.study_uid, Share.tenant_id == Study.tenant_id)
+        .where(
+            ShareStudy.study_uid == Study.study_uid,
+            Share.tenant_id == Study.tenant_id,
+            Share.ended_at >= Study.last_activity_at,
+        )
     )
     unneeded = session.scalars(
         select(Study)
         .where(~needed)
-        .where(ever_shared | (Study.last_activity_at <= now - settings.unshared_retention))
+        .where(done_with | (Study.last_activity_at <= now - settings.unshared_retention))
         .with_for_update(skip_locked=True)
     ).all()
     for study in unneeded:

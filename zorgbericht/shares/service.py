@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from zorgbericht.audit import service as audit
@@ -199,29 +199,42 @@ def _request_pull(session: Session, tenant_id: int, study: RemoteStudy) -> None:
 
 
 def advance(*, session: Session, share: Share, now: datetime) -> None:
-    """Move a pending share on: ready when every study is stable, failed when a pull failed."""
+    """Move a pending share on: ready when every study is complete, failed when a pull failed.
+
+    A study is complete when it is stable and, if it is being pulled, its retrieval is done
+    with at least the number of instances the PACS reported: a C-MOVE that stalls or stops
+    halfway is not mistaken for a finished study by the quiet period alone.
+    """
     if share.state != ShareState.pending:
         return
     uids = [s.study_uid for s in share.studies]
-    failed = session.scalar(
-        select(PullJob.error).where(
-            PullJob.tenant_id == share.tenant_id,
-            PullJob.study_uid.in_(uids),
-            PullJob.state == PullState.failed,
-        )
+    stable = dict(
+        session.execute(
+            select(Study.study_uid, Study.instance_count).where(
+                Study.tenant_id == share.tenant_id,
+                Study.study_uid.in_(uids),
+                Study.state == StudyState.stable,
+                Study.purged_at.is_(None),
+            )
+        ).all()
     )
-    if failed is not None:
-        _end(session, share, ShareState.failed, now, f"retrieving from the PACS failed: {failed}")
+    jobs = {
+        j.study_uid: j
+        for j in session.scalars(
+            select(PullJob).where(PullJob.tenant_id == share.tenant_id, PullJob.study_uid.in_(uids))
+        )
+    }
+    failed = [j for uid, j in jobs.items() if j.state == PullState.failed and uid not in stable]
+    if failed:
+        _end(
+            session,
+            share,
+            ShareState.failed,
+            now,
+            f"retrieving from the PACS failed: {failed[0].error}",
+        )
         return
-    stable = session.scalar(
-        select(func.count(Study.id)).where(
-            Study.tenant_id == share.tenant_id,
-            Study.study_uid.in_(uids),
-            Study.state == StudyState.stable,
-            Study.purged_at.is_(None),
-        )
-    )
-    if stable == len(uids):
+    if all(_complete(uid, stable, jobs.get(uid)) for uid in uids):
         share.state, share.ready_at = ShareState.ready, now
         from zorgbericht.delivery import service as delivery
 
@@ -235,6 +248,14 @@ def advance(*, session: Session, share: Share, now: datetime) -> None:
             share_id=share.id,
             study_uids=uids,
         )
+
+
+def _complete(uid: str, stable: dict[str, int], job: PullJob | None) -> bool:
+    if uid not in stable:
+        return False
+    if job is None or job.state == PullState.failed:  # a failed job of an earlier share
+        return True
+    return job.state == PullState.done and stable[uid] >= (job.expected_instances or 0)
 
 
 def _end(
@@ -284,6 +305,7 @@ def list_shares(
 
 def revoke(*, session: Session, share: Share, actor: audit.Actor, now: datetime) -> None:
     """Stop a share at once (idempotent for a share that has ended already)."""
+    session.refresh(share, with_for_update=True)  # a worker may be expiring it right now
     if share.state in LIVE_STATES:
         share.state, share.ended_at = ShareState.revoked, now
         audit.record(

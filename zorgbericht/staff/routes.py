@@ -130,35 +130,35 @@ def logout(request: Request, runtime: RuntimeDep, csrf: Annotated[str, Form()] =
 
 @router.get("")
 def home(
+    request: Request, user: CurrentStaff, session: SessionDep, runtime: RuntimeDep
+) -> Response:
+    return _page(request, runtime, session, user, "staff/home.html", patient_id="", studies=None)
+
+
+@router.post("/search")
+def search(
     request: Request,
     user: CurrentStaff,
     session: SessionDep,
     runtime: RuntimeDep,
-    patient_id: Annotated[str | None, Query(max_length=64)] = None,
+    csrf: Annotated[str, Form()],
+    patient_id: Annotated[str, Form(max_length=64)],
 ) -> Response:
-    """Find staged studies by patient ID."""
-    found = None
-    if patient_id:
-        found = staging.list_studies(
-            session=session, tenant_id=user.tenant_id, patient_id=patient_id.strip()
-        )
-        audit.record(
-            session=session,
-            event=audit.Ev.studies_queried,
-            actor=_actor(request, user),
-            tenant_id=user.tenant_id,
-            patient_id=patient_id.strip(),
-            study_uids=[s.study_uid for s in found],
-            details={"matches": len(found)},
-        )
+    """Find staged studies by patient ID (a POST: the ID stays out of URLs and history)."""
+    _check_csrf(request, runtime, csrf)
+    patient_id = patient_id.strip()
+    found = staging.list_studies(session=session, tenant_id=user.tenant_id, patient_id=patient_id)
+    audit.record(
+        session=session,
+        event=audit.Ev.studies_queried,
+        actor=_actor(request, user),
+        tenant_id=user.tenant_id,
+        patient_id=patient_id,
+        study_uids=[s.study_uid for s in found],
+        details={"matches": len(found)},
+    )
     return _page(
-        request,
-        runtime,
-        session,
-        user,
-        "staff/home.html",
-        patient_id=patient_id or "",
-        studies=found,
+        request, runtime, session, user, "staff/home.html", patient_id=patient_id, studies=found
     )
 
 
