@@ -108,11 +108,3 @@ class Settings(BaseSettings):
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.resolved_database_url.startswith("sqlite")
-
-
-def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment, with explicit overrides winning."""
-    return Settings(**overrides)  # type: ignore[arg-type]

@@ -396,3 +396,5 @@ def test_no_mail_goes_out_for_a_share_past_its_end(
     )
     with rt.sessions() as db:
         assert db.scalar(select(OutboxMessage)).state == "failed"
+    [given_up] = [e for e in events(rt) if e.event == "mail.failed"]
+    assert "expired" in given_up.details["reason"]

@@ -53,9 +53,7 @@ class Ev(enum.Enum):
 
     association_accepted = ("dicom.association.accepted", "110114", "E")
     association_refused = ("dicom.association.refused", "110113", "E")
-    association_aborted = ("dicom.association.aborted", "110104", "C")
     instances_received = ("dicom.instances.received", "110104", "C")
-    instances_refused = ("dicom.instances.refused", "110104", "C")
     study_imported = ("study.imported", "110107", "C")
     study_stable = ("study.stable", "110103", "U")
     study_purged = ("study.purged", "110105", "D")

@@ -222,6 +222,19 @@ def _send_one(
     if state != ShareState.ready:
         message.state, message.last_error = OutboxState.failed, f"share is {state}"
         _blank(message)
+        audit.record(
+            session=session,
+            event=audit.Ev.mail_failed,
+            actor=audit.SYSTEM,
+            tenant_id=message.tenant_id,
+            share_id=message.share_id,
+            outcome=audit.Outcome.minor_failure,
+            details={
+                "outbox_id": message.id,
+                "attempts": message.attempts,
+                "reason": message.last_error,
+            },
+        )
         return 0
     tenant = session.get(Tenant, message.tenant_id)
     assert tenant is not None
