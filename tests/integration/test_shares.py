@@ -144,7 +144,9 @@ def test_email_share_sends_one_mail_without_patient_data_once_ready(
     ).json()
     assert created["state"] == "pending" and created["url"] is None
     mail_dir = rt.settings.data_dir / "mail"
-    worker.run_once(rt, now=utcnow())  # the study is not quiet yet: nothing goes out
+    with rt.sessions() as db:
+        arrived = db.scalar(select(Study.last_activity_at).where(Study.study_uid == uid))
+    worker.run_once(rt, now=arrived)  # the study is not quiet yet: nothing goes out
     assert not mail_dir.exists() or not list(mail_dir.glob("*.eml"))
     worker.run_once(rt, now=utcnow() + timedelta(minutes=5))
     assert api.get(f"/api/v1/shares/{created['id']}").json()["state"] == "ready"
