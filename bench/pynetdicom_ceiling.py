@@ -38,12 +38,14 @@ def bare_receiver(out: Path, switch_interval: float | None) -> float:
     ae = AE(ae_title="BARE")
     ae.maximum_pdu_size = 4 * 1024 * 1024
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax,
-                                 ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        ae.add_supported_context(
+            context.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+        )
     ae.add_supported_context(Verification)
     port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
     try:
         return storescu(port, "BARE", STUDY)
     finally:
@@ -66,16 +68,20 @@ def main() -> None:
         with StoreSCP() as scp:
             dcmtk = storescu(scp.port, scp.ae_title, STUDY)
         results = {}
-        for label, interval in (("pynetdicom, default GIL switch", None),
-                                ("pynetdicom, 0.5 ms GIL switch", 0.0005)):
+        for label, interval in (
+            ("pynetdicom, default GIL switch", None),
+            ("pynetdicom, 0.5 ms GIL switch", 0.0005),
+        ):
             out = Path(work) / label.replace(" ", "_").replace(",", "")
             out.mkdir()
             results[label] = bare_receiver(out, interval)
     print(f"{count} instances over one association each")
     print(f"  {'dcmtk storescp -> disk':32s} {count / dcmtk:8.1f} inst/s")
     for label, seconds in results.items():
-        print(f"  {label:32s} {count / seconds:8.1f} inst/s   ratio vs storescp "
-              f"{dcmtk / seconds:.2f}x")
+        print(
+            f"  {label:32s} {count / seconds:8.1f} inst/s   ratio vs storescp "
+            f"{dcmtk / seconds:.2f}x"
+        )
 
 
 STUDY = Path()

@@ -22,7 +22,11 @@ def get_runtime(request: Request) -> Runtime:
 
 
 def get_session(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Iterator[Session]:
-    """One session per request: committed on success, rolled back on error."""
+    """One session per request: committed on success, rolled back on error.
+
+    Used with ``scope="function"``: the commit happens before the response is sent, so a
+    client that acts on an answer at once (a cookie just set) always finds it committed.
+    """
     with runtime.sessions() as session:
         try:
             yield session
@@ -36,11 +40,14 @@ def get_store(runtime: Annotated[Runtime, Depends(get_runtime)]) -> ObjectStore:
     return runtime.store
 
 
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
 _bearer = HTTPBearer(auto_error=False, description="API key from `zorgbericht apikey create`")
 
 
 def get_api_client(
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> tuple[Tenant, ApiKey]:
     if credentials is None:
@@ -61,7 +68,5 @@ def api_actor(request: Request, key: ApiKey) -> audit.Actor:
     )
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 ApiClientDep = Annotated[tuple[Tenant, ApiKey], Depends(get_api_client)]

@@ -3,6 +3,14 @@
 from zorgbericht.audit.models import AuditEvent, AuditHead
 from zorgbericht.db import Base
 from zorgbericht.delivery.models import OutboxMessage
+from zorgbericht.recipients.models import (
+    CodeProbe,
+    Download,
+    RecipientSession,
+    SeriesView,
+    SmsChallenge,
+    ThrottleWindow,
+)
 from zorgbericht.shares.models import PullJob, Share, ShareStudy
 from zorgbericht.staging.models import Instance, Series, Study
 from zorgbericht.tenants.models import ApiKey, StaffUser, Tenant, TenantAETitle
@@ -12,14 +20,20 @@ __all__ = [
     "AuditEvent",
     "AuditHead",
     "Base",
+    "CodeProbe",
+    "Download",
     "Instance",
     "OutboxMessage",
     "PullJob",
+    "RecipientSession",
     "Series",
+    "SeriesView",
     "Share",
     "ShareStudy",
+    "SmsChallenge",
     "StaffUser",
     "Study",
     "Tenant",
     "TenantAETitle",
+    "ThrottleWindow",
 ]

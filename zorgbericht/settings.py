@@ -66,7 +66,13 @@ class Settings(BaseSettings):
     unshared_retention: Duration = timedelta(days=2)
     pull_attempts: int = 3
     pull_retry_seconds: float = 60.0
-    sms_backend: str = "file"
+    sms_backend: str = "file"  # file | twilio
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str | None = None  # a sender number or alphanumeric sender id
+    twilio_messaging_service_sid: str | None = None  # instead of twilio_from
+    twilio_api_url: str | None = None  # another base URL for Twilio's API (a local stand-in)
+    twilio_timeout_seconds: float = 10.0
 
     dicom_ae_title: str = Field("ZORGBERICHT", max_length=16)
     dicom_host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for modalities on the LAN
@@ -80,6 +86,15 @@ class Settings(BaseSettings):
     share_ttl: Duration = timedelta(days=14)
     study_quiet_seconds: float = 30.0
     daily_download_limit: int = 10
+    recipient_idle: Duration = timedelta(minutes=30)
+    recipient_max_age: Duration = timedelta(hours=12)
+    recipient_lock: Duration = timedelta(hours=24)
+    sms_code_ttl: Duration = timedelta(minutes=5)
+    sms_per_day: int = 5
+    # Per-address throttle on the recipient gate (open, birth date, SMS code, resend):
+    # a second line of defence behind the per-share counters.
+    recipient_ip_limit: int = 40
+    recipient_ip_window: Duration = timedelta(minutes=15)
     worker_interval_seconds: float = 2.0
     log_level: str = "INFO"
 
@@ -107,4 +122,3 @@ class Settings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
-

@@ -50,6 +50,10 @@ class Share(Base):
     expires_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
     purged_at: Mapped[datetime | None]
+    # The recipient gate, counted per share (DESIGN §5): never per browser or address.
+    dob_failures: Mapped[int] = mapped_column(default=0)
+    sms_failures: Mapped[int] = mapped_column(default=0)
+    locked_until: Mapped[datetime | None]
 
     studies: Mapped[list[ShareStudy]] = relationship(
         back_populates="share",

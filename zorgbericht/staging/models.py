@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from zorgbericht.db import Base, utcnow
@@ -95,5 +97,7 @@ class Instance(Base):
     preview_state: Mapped[PreviewState] = mapped_column(String(16), default=PreviewState.pending)
     preview_error: Mapped[str | None] = mapped_column(String(255))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Header attributes a DICOMDIR record of this instance needs (PS3.3 F.5), read at ingest.
+    dir_record: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     series: Mapped[Series] = relationship(back_populates="instances")

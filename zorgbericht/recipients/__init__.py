@@ -1,0 +1,1 @@
+"""The recipient flow: link code, terms, birth date, SMS code, viewer and downloads."""
