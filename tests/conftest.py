@@ -134,3 +134,6 @@ def node(runtime: Runtime, tenant_id: int) -> Iterator[Node]:
     started = start_node(runtime, tenant_id)
     yield started
     stop_node(started)
+
+
+from tests.twilio_standin import twilio_standin  # noqa: E402, F401 - fixture for every test

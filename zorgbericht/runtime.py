@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from zorgbericht import migrate
 from zorgbericht.db import make_engine, make_sessionmaker
 from zorgbericht.delivery.mailer import Mailer, make_mailer
+from zorgbericht.delivery.sms import SmsSender, make_sms
 from zorgbericht.settings import Settings
 from zorgbericht.shares.pacs import PacsFinder
 from zorgbericht.storage import ObjectStore, make_store
@@ -23,6 +24,7 @@ class Runtime:
     sessions: sessionmaker[Session]
     store: ObjectStore
     mailer: Mailer
+    sms: SmsSender
     pacs: PacsFinder | None = None  # set by the process entry point that has a DICOM client
 
     def close(self) -> None:
@@ -30,7 +32,8 @@ class Runtime:
 
 
 def build_runtime(settings: Settings, *, run_migrations: bool = True) -> Runtime:
-    """Create the data folder, migrate the database and connect the object store."""
+    """Create the data folder, migrate the database, connect the object store and senders."""
+    sms = make_sms(settings)  # refuse a half-configured SMS backend before touching the database
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if run_migrations:
         migrate.upgrade(settings.resolved_database_url)
@@ -41,6 +44,7 @@ def build_runtime(settings: Settings, *, run_migrations: bool = True) -> Runtime
         make_sessionmaker(engine),
         make_store(settings),
         make_mailer(settings.smtp_url, settings.data_dir),
+        sms,
     )
 
 
