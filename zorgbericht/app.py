@@ -14,6 +14,8 @@ from sqlalchemy import text
 
 from zorgbericht import __version__
 from zorgbericht.errors import DomainError
+from zorgbericht.recipients.routes import api as recipient_api
+from zorgbericht.recipients.routes import pages as recipient_pages
 from zorgbericht.runtime import Runtime, build_runtime
 from zorgbericht.settings import Settings
 from zorgbericht.shares.routes import record_invalid_request
@@ -56,9 +58,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return RedirectResponse("/staff/login", status_code=303)
 
     @app.exception_handler(DomainError)
-    async def domain_error(_: Request, exc: DomainError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+    async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 401 and not request.url.path.startswith("/api/v1/recipient/"):
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse(
+            {"detail": exc.detail, **exc.extra}, status_code=exc.status_code, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -88,4 +94,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(studies_router)
     app.include_router(shares_router)
     app.include_router(staff_router)
+    app.include_router(recipient_api)
+    app.include_router(recipient_pages)
     return app

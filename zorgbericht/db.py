@@ -93,6 +93,9 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         try:
             yield session
             session.commit()
-        except BaseException:
+        except BaseException as exc:
+            if getattr(exc, "keep_changes", False):  # a counted refusal (errors.Refusal)
+                session.commit()
+                raise
             session.rollback()
             raise

@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from zorgbericht.audit import service as audit
-from zorgbericht.errors import Unauthorized
+from zorgbericht.errors import DomainError, Unauthorized
 from zorgbericht.runtime import Runtime
 from zorgbericht.storage import ObjectStore
 from zorgbericht.tenants import service as tenants
@@ -31,6 +31,9 @@ def get_session(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Iterator[S
         try:
             yield session
             session.commit()
+        except DomainError as exc:
+            session.commit() if exc.keep_changes else session.rollback()
+            raise
         except BaseException:
             session.rollback()
             raise

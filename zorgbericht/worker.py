@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from zorgbericht.db import transaction, utcnow
 from zorgbericht.delivery import service as delivery
+from zorgbericht.recipients import gate
 from zorgbericht.runtime import Runtime
 from zorgbericht.shares import service as shares
 from zorgbericht.shares.models import Share, ShareState
@@ -35,6 +36,8 @@ def run_once(runtime: Runtime, now: datetime | None = None) -> int:
             shares.advance(session=session, share=share, now=now)
     with transaction(runtime.sessions) as session:
         report = purge(session=session, store=runtime.store, settings=runtime.settings, now=now)
+    with transaction(runtime.sessions) as session:
+        gate.forget_stale(session=session, now=now)
     if report.expired or report.shares_purged or report.studies_purged:
         log.info("purge: %s", report)
     delivery.send_due(
