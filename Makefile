@@ -1,4 +1,4 @@
-.PHONY: run demo serve test lint bench bench-ingest bench-ceiling peers
+.PHONY: run demo serve test lint bench bench-ingest bench-ceiling bench-download peers
 
 run: demo  ## set up the venv and run the demo (embedded default)
 
@@ -17,7 +17,7 @@ lint:
 	.venv/bin/ruff check zorgbericht dicom_ingest tests infra bench
 	.venv/bin/ruff format --check zorgbericht dicom_ingest tests infra bench
 
-bench: bench-ingest bench-ceiling
+bench: bench-ingest bench-ceiling bench-download
 
 bench-ingest:
 	infra/install-debian.sh
@@ -29,3 +29,6 @@ bench-ceiling:  ## what bare pynetdicom receives, next to storescp (the ingest r
 
 peers:  ## start PostgreSQL, SeaweedFS and Orthanc by hand, for trying things
 	.venv/bin/python infra/peers.py
+
+bench-download:  ## the DICOM ZIP of a ~1 GB study through uvicorn vs reading the store directly
+	.venv/bin/python bench/download.py

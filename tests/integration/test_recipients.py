@@ -27,6 +27,7 @@ from tests.integration.recipient_flow import (
     sms_messages,
 )
 from tests.integration.test_shares import stage
+from tests.twilio_standin import TwilioStandIn
 from zorgbericht.app import create_app
 from zorgbericht.audit.models import AuditEvent
 from zorgbericht.db import transaction, utcnow
@@ -491,3 +492,37 @@ def test_the_trail_records_the_gate_but_never_codes_or_birth_dates(
     text = " ".join(f"{r.details} {r.actor_id} {r.user_agent}" for r in rows)
     for secret in (link.code, code, BIRTH_DATE, "19750312", csrf_token):
         assert secret not in text
+
+
+# --- SMS through Twilio ----------------------------------------------------------------
+
+
+def test_sms_code_travels_through_twilio(
+    rt: Runtime, app: FastAPI, link: Link, twilio_standin: TwilioStandIn
+) -> None:
+    rt.sms = twilio_standin.sender()
+    client = _at_sms_step(rt, app, link)
+    [sent] = twilio_standin.received
+    assert sent.to == "+31612345678"
+    code = re.search(r"\b(\d{6})\b", sent.body or "")
+    assert code is not None and sms_messages(rt) == []
+    assert _code(client, code.group(1)).status_code == 200
+
+
+def test_sms_provider_down_is_a_503_that_costs_no_quota(
+    rt: Runtime, app: FastAPI, link: Link, twilio_standin: TwilioStandIn
+) -> None:
+    rt.sms = twilio_standin.sender()
+    twilio_standin.status = 503
+    client = visitor(rt, app)
+    open_to_birth_date(client, link.code)
+    answer = birth_date(client, BIRTH_DATE)
+    assert answer.status_code == 503 and "SMS" in answer.json()["detail"]
+    with rt.sessions() as db:
+        assert db.scalars(select(SmsChallenge)).all() == []
+        failed = db.scalars(
+            select(AuditEvent).where(AuditEvent.event == "recipient.sms_failed")
+        ).all()
+    assert len(failed) == 1
+    twilio_standin.status = None
+    assert client.post(f"{R}/sms-code/resend", headers=csrf(client)).status_code == 200

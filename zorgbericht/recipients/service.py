@@ -98,6 +98,18 @@ def downloads_today(session: Session, share_id: int, now: datetime) -> int:
     )
 
 
+def downloads_by_share(*, session: Session, share_ids: list[int], now: datetime) -> dict[int, int]:
+    """Downloads of today (Europe/Amsterdam) per share."""
+    if not share_ids:
+        return {}
+    rows = session.execute(
+        select(Download.share_id, func.count())
+        .where(Download.share_id.in_(share_ids), Download.day == amsterdam_day(now))
+        .group_by(Download.share_id)
+    ).all()
+    return {share_id: int(count) for share_id, count in rows}
+
+
 def list_studies(
     *, session: Session, share: Share, actor: audit.Actor, limit: int, now: datetime
 ) -> dict[str, object]:

@@ -14,6 +14,7 @@ from zorgbericht.delivery import service as delivery
 from zorgbericht.deps import ApiClientDep, RuntimeDep, SessionDep, StoreDep, api_actor
 from zorgbericht.errors import DomainError
 from zorgbericht.runtime import Runtime
+from zorgbericht.recipients import service as recipients
 from zorgbericht.shares import service as shares
 from zorgbericht.shares.schemas import ShareIn, ShareOut
 from zorgbericht.tenants import service as tenants
@@ -93,7 +94,11 @@ def get_share(
         share_id=share.id,
         patient_id=share.patient_id,
     )
-    return shares.to_out(share, utcnow(), letter_url=_letter_url(request, share))
+    now = utcnow()
+    counts = recipients.downloads_by_share(session=session, share_ids=[share.id], now=now)
+    return shares.to_out(
+        share, now, letter_url=_letter_url(request, share), downloads_today=counts.get(share.id, 0)
+    )
 
 
 @router.get("", response_model=list[ShareOut])
@@ -118,7 +123,13 @@ def list_shares(
         details={"matches": len(found)},
     )
     now = utcnow()
-    return [shares.to_out(s, now, letter_url=_letter_url(request, s)) for s in found]
+    counts = recipients.downloads_by_share(session=session, share_ids=[s.id for s in found], now=now)
+    return [
+        shares.to_out(
+            s, now, letter_url=_letter_url(request, s), downloads_today=counts.get(s.id, 0)
+        )
+        for s in found
+    ]
 
 
 @router.get(

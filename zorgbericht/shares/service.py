@@ -327,7 +327,12 @@ def effective_state(share: Share, now: datetime) -> ShareState:
 
 
 def to_out(
-    share: Share, now: datetime, *, url: str | None = None, letter_url: str | None = None
+    share: Share,
+    now: datetime,
+    *,
+    url: str | None = None,
+    letter_url: str | None = None,
+    downloads_today: int = 0,
 ) -> ShareOut:
     return ShareOut(
         id=share.id,
@@ -342,4 +347,5 @@ def to_out(
         failed_reason=share.failed_reason,
         url=url,
         letter_url=letter_url,
+        downloads_today=downloads_today,
     )
