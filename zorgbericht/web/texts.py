@@ -66,6 +66,138 @@ TEXTS: dict[str, dict[str, str]] = {
         "not_found": "Niet gevonden.",
         "other_language": "English",
         "other_lang_code": "en",
+        # The recipient pages and the image viewer.
+        "recipient_title": "Beelden bekijken",
+        "needs_javascript": "Deze pagina werkt alleen als JavaScript aan staat.",
+        "start_title": "Uw link openen",
+        "start_intro": "Typ de code uit de brief of de e-mail. De code heeft 12 letters en "
+        "cijfers, bijvoorbeeld AB12-CD34-EF56. De streepjes mag u weglaten.",
+        "code_label": "Code",
+        "code_placeholder": "XXXX-XXXX-XXXX",
+        "code_invalid": "Deze code klopt niet. Een code heeft 12 letters en cijfers, bijvoorbeeld "
+        "AB12-CD34-EF56.",
+        "open": "Openen",
+        "continue": "Verder",
+        "confirm": "Bevestigen",
+        "close": "Sluiten",
+        "back": "Terug",
+        "terms_title": "Gebruiksvoorwaarden",
+        "terms_intro": "Een zorginstelling deelt medische beelden met u. Lees eerst de "
+        "gebruiksvoorwaarden: de beelden zijn vertrouwelijk en alleen voor persoonlijk gebruik.",
+        "terms_read": "Gebruiksvoorwaarden lezen (opent in een nieuw tabblad)",
+        "terms_accept": "Ik ga akkoord met de gebruiksvoorwaarden",
+        "birth_date_title": "Geboortedatum van de patiënt",
+        "birth_date_intro": "Vul de geboortedatum van de patiënt in. Zo controleren we dat de "
+        "beelden voor u bedoeld zijn.",
+        "birth_date_label": "Geboortedatum",
+        "date_placeholder": "dd-mm-jjjj",
+        "birth_date_hint": "Typ bijvoorbeeld 12-03-1975, of kies de datum in de kalender.",
+        "choose_date": "Kies de datum in de kalender",
+        "date_format": "Vul de datum in als dd-mm-jjjj, bijvoorbeeld 12-03-1975.",
+        "date_nonexistent": "Deze datum bestaat niet. Controleer de dag en de maand.",
+        "date_range": "Controleer het jaar: de datum moet tussen 1900 en vandaag liggen.",
+        "birth_date_wrong": "Deze geboortedatum klopt niet.",
+        "attempts_left": "U kunt het nog {n} keer proberen.",
+        "attempts_left_one": "U kunt het nog 1 keer proberen.",
+        "sms_title": "Code uit de sms",
+        "sms_sent_to": "We hebben een sms met een code van 6 cijfers gestuurd naar het mobiele "
+        "nummer dat eindigt op {hint}. De code is 5 minuten geldig.",
+        "sms_sent_generic": "We hebben een sms met een code van 6 cijfers gestuurd naar het "
+        "mobiele nummer dat de zorginstelling van u heeft. De code is 5 minuten geldig.",
+        "sms_code_label": "Code van 6 cijfers",
+        "sms_code_format": "Vul de 6 cijfers uit de sms in.",
+        "sms_wrong": "Deze code klopt niet of is verlopen.",
+        "sms_request_new": "Vraag een nieuwe code aan.",
+        "resend": "Stuur een nieuwe code",
+        "resent": "Er is een nieuwe code verstuurd. Gebruik alleen de nieuwste code.",
+        "sms_limit": "Er kunnen vandaag geen sms-codes meer worden verstuurd. Probeer het morgen "
+        "opnieuw.",
+        "sms_failed": "De sms kon niet worden verstuurd. Probeer het over een paar minuten "
+        "opnieuw.",
+        "locked_title": "Tijdelijk geblokkeerd",
+        "locked": "Er is te vaak een verkeerde geboortedatum of code ingevuld. Deze link is "
+        "daarom 24 uur geblokkeerd. Probeer het morgen opnieuw, of vraag de zorginstelling om een "
+        "nieuwe link.",
+        "ended_title": "Deze link werkt niet meer",
+        "ended": "Vraag {institution} om een nieuwe link.",
+        "ended_unknown": "Vraag de zorginstelling die de beelden met u deelde om een nieuwe link.",
+        "ended_expired": "De link was 14 dagen geldig en is verlopen.",
+        "ended_revoked": "De zorginstelling heeft de link ingetrokken.",
+        "ended_failed": "Het klaarzetten van de beelden is niet gelukt.",
+        "pending_title": "Uw beelden worden klaargezet",
+        "pending": "Dit kan tot 24 uur duren. Kom later terug via dezelfde link.",
+        "check_again": "Opnieuw kijken",
+        "studies_title": "Uw beelden",
+        "shared_by": "Gedeeld door {institution}",
+        "available_until": "Beschikbaar tot {date}",
+        "images_count": "{n} beelden",
+        "images_count_one": "1 beeld",
+        "no_date": "Datum onbekend",
+        "no_description": "Zonder omschrijving",
+        "open_series": "Serie bekijken: {name}",
+        "report": "Verslag",
+        "report_pdf": "Verslag (PDF, opent in een nieuw tabblad)",
+        "report_failed": "Het verslag kon niet worden geladen.",
+        "download_study": "Deze studie downloaden",
+        "download_all": "Alle studies downloaden",
+        "download_title": "Downloaden",
+        "download_all_scope": "Alle studies in één ZIP-bestand.",
+        "download_choose": "Kies een formaat",
+        "format_dicom": "DICOM (originele beelden)",
+        "format_dicom_help": "De originele gegevens in diagnostische kwaliteit, voor het "
+        "beeldprogramma van een arts. Aanbevolen als de beelden voor een arts zijn.",
+        "format_jpeg": "JPEG-afbeeldingen",
+        "format_jpeg_help": "Gewone plaatjes om zelf te bekijken op een computer of telefoon. "
+        "Niet geschikt voor een diagnose.",
+        "downloads_left": "U kunt vandaag nog {n} van de {limit} keer downloaden.",
+        "download": "Downloaden",
+        "download_started": "De download is gestart. Bij grote studies kan dat even duren.",
+        "download_limit_title": "Daglimiet bereikt",
+        "download_limit": "U heeft vandaag het maximale aantal downloads voor deze link gebruikt. "
+        "Morgen kunt u weer downloaden. Bekijken kan gewoon.",
+        "signed_out_title": "U bent afgemeld",
+        "signed_out": "Wilt u de beelden opnieuw bekijken? Open dan de link uit de brief of de "
+        "e-mail opnieuw.",
+        "error_generic": "Er ging iets mis. Probeer het opnieuw.",
+        "error_network": "Geen verbinding. Controleer uw internetverbinding en probeer het "
+        "opnieuw.",
+        "viewer_label": "Beeldviewer",
+        "previous": "Vorige",
+        "next": "Volgende",
+        "image_counter": "Beeld {n} / {total}",
+        "viewer_help": "Veeg of gebruik de pijltjestoetsen om te bladeren. Zoom met twee vingers, "
+        "Ctrl + scrollwiel of dubbelklik.",
+        "zoom_in": "Inzoomen",
+        "zoom_out": "Uitzoomen",
+        "zoom_reset": "Passend maken",
+        "image_failed": "Dit beeld kon niet worden geladen.",
+        "loading": "Laden…",
+        "terms_page_title": "Gebruiksvoorwaarden voor het bekijken van gedeelde beelden",
+        "terms_use_h": "Persoonlijk gebruik",
+        "terms_use": "De beelden worden met u gedeeld voor uw eigen zorg of, als u zorgverlener "
+        "bent, voor de zorg voor deze patiënt. Gebruik ze niet voor iets anders.",
+        "terms_confidential_h": "Vertrouwelijk",
+        "terms_confidential": "Medische beelden en verslagen zijn vertrouwelijk. Geef de link, de "
+        "code en de sms-code niet aan anderen. Sla gedownloade bestanden veilig op en verwijder "
+        "ze als u ze niet meer nodig heeft. Wie de gegevens doorgeeft, is daar zelf "
+        "verantwoordelijk voor.",
+        "terms_period_h": "14 dagen",
+        "terms_period": "De link werkt 14 dagen. Daarna worden de beelden en de gegevens van de "
+        "patiënt op deze website verwijderd. De zorginstelling kan de link ook eerder intrekken. "
+        "Heeft u de beelden later nog nodig, download ze dan op tijd of vraag een nieuwe link.",
+        "terms_check_h": "Controle",
+        "terms_check": "U opent de beelden met de geboortedatum van de patiënt en een code die "
+        "per sms wordt gestuurd. Na 5 verkeerde geboortedata wordt de link 24 uur geblokkeerd. "
+        "Elke keer dat de beelden worden bekeken of gedownload, wordt vastgelegd.",
+        "terms_downloads_h": "Downloaden",
+        "terms_downloads": "U kunt per link maximaal 10 keer per dag downloaden. "
+        "JPEG-afbeeldingen zijn gewone plaatjes om zelf te bekijken; ze zijn niet geschikt voor "
+        "een diagnose. DICOM is het originele bestand in diagnostische kwaliteit, voor het "
+        "beeldprogramma van een arts.",
+        "terms_questions_h": "Vragen",
+        "terms_questions": "Deze website geeft geen medisch advies. Heeft u vragen over de "
+        "beelden of het verslag, stel ze dan aan uw arts of aan de zorginstelling die de beelden "
+        "deelde.",
     },
     "en": {
         "product": "Image sharing",
@@ -130,5 +262,131 @@ TEXTS: dict[str, dict[str, str]] = {
         "not_found": "Not found.",
         "other_language": "Nederlands",
         "other_lang_code": "nl",
+        # The recipient pages and the image viewer.
+        "recipient_title": "View images",
+        "needs_javascript": "This page only works with JavaScript turned on.",
+        "start_title": "Open your link",
+        "start_intro": "Type the code from the letter or the email. The code has 12 letters and "
+        "digits, for example AB12-CD34-EF56. You may leave out the dashes.",
+        "code_label": "Code",
+        "code_placeholder": "XXXX-XXXX-XXXX",
+        "code_invalid": "This code is not correct. A code has 12 letters and digits, for example "
+        "AB12-CD34-EF56.",
+        "open": "Open",
+        "continue": "Continue",
+        "confirm": "Confirm",
+        "close": "Close",
+        "back": "Back",
+        "terms_title": "Terms of use",
+        "terms_intro": "A care institution is sharing medical images with you. Please read the "
+        "terms of use first: the images are confidential and for personal use only.",
+        "terms_read": "Read the terms of use (opens in a new tab)",
+        "terms_accept": "I accept the terms of use",
+        "birth_date_title": "Patient's date of birth",
+        "birth_date_intro": "Enter the patient's date of birth. This checks that the images are "
+        "meant for you.",
+        "birth_date_label": "Date of birth",
+        "date_placeholder": "dd-mm-yyyy",
+        "birth_date_hint": "Type for example 12-03-1975, or pick the date from the calendar.",
+        "choose_date": "Pick the date from the calendar",
+        "date_format": "Enter the date as dd-mm-yyyy, for example 12-03-1975.",
+        "date_nonexistent": "This date does not exist. Please check the day and the month.",
+        "date_range": "Please check the year: the date must be between 1900 and today.",
+        "birth_date_wrong": "This date of birth is not correct.",
+        "attempts_left": "You can try {n} more times.",
+        "attempts_left_one": "You can try 1 more time.",
+        "sms_title": "Code from the SMS",
+        "sms_sent_to": "We sent a text message with a 6-digit code to the mobile number ending in "
+        "{hint}. The code is valid for 5 minutes.",
+        "sms_sent_generic": "We sent a text message with a 6-digit code to the mobile number the "
+        "care institution has for you. The code is valid for 5 minutes.",
+        "sms_code_label": "6-digit code",
+        "sms_code_format": "Enter the 6 digits from the text message.",
+        "sms_wrong": "This code is not correct or has expired.",
+        "sms_request_new": "Please request a new code.",
+        "resend": "Send a new code",
+        "resent": "A new code has been sent. Only use the newest code.",
+        "sms_limit": "No more SMS codes can be sent today. Please try again tomorrow.",
+        "sms_failed": "The text message could not be sent. Please try again in a few minutes.",
+        "locked_title": "Temporarily locked",
+        "locked": "A wrong date of birth or code was entered too many times, so this link is "
+        "locked for 24 hours. Please try again tomorrow, or ask the care institution for a new "
+        "link.",
+        "ended_title": "This link no longer works",
+        "ended": "Ask {institution} for a new one.",
+        "ended_unknown": "Ask the care institution that shared the images with you for a new one.",
+        "ended_expired": "The link was valid for 14 days and has expired.",
+        "ended_revoked": "The care institution has withdrawn the link.",
+        "ended_failed": "The images could not be prepared.",
+        "pending_title": "Your images are being prepared",
+        "pending": "This can take up to 24 hours. Come back later using the same link.",
+        "check_again": "Check again",
+        "studies_title": "Your images",
+        "shared_by": "Shared by {institution}",
+        "available_until": "Available until {date}",
+        "images_count": "{n} images",
+        "images_count_one": "1 image",
+        "no_date": "Date unknown",
+        "no_description": "No description",
+        "open_series": "View series: {name}",
+        "report": "Report",
+        "report_pdf": "Report (PDF, opens in a new tab)",
+        "report_failed": "The report could not be loaded.",
+        "download_study": "Download this study",
+        "download_all": "Download all studies",
+        "download_title": "Download",
+        "download_all_scope": "All studies in one ZIP file.",
+        "download_choose": "Choose a format",
+        "format_dicom": "DICOM (original images)",
+        "format_dicom_help": "The original data in diagnostic quality, for a doctor's image "
+        "viewer. Recommended when the images are for a doctor.",
+        "format_jpeg": "JPEG pictures",
+        "format_jpeg_help": "Ordinary pictures to look at yourself on a computer or phone. Not "
+        "suitable for diagnosis.",
+        "downloads_left": "You have {n} of {limit} downloads left today.",
+        "download": "Download",
+        "download_started": "The download has started. Large studies can take a while.",
+        "download_limit_title": "Daily limit reached",
+        "download_limit": "You have used the maximum number of downloads for this link today. You "
+        "can download again tomorrow. Viewing still works.",
+        "signed_out_title": "You are signed out",
+        "signed_out": "To view the images again, open the link from the letter or the email again.",
+        "error_generic": "Something went wrong. Please try again.",
+        "error_network": "No connection. Please check your internet connection and try again.",
+        "viewer_label": "Image viewer",
+        "previous": "Previous",
+        "next": "Next",
+        "image_counter": "Image {n} / {total}",
+        "viewer_help": "Swipe or use the arrow keys to page. Zoom with two fingers, Ctrl + mouse "
+        "wheel or double-click.",
+        "zoom_in": "Zoom in",
+        "zoom_out": "Zoom out",
+        "zoom_reset": "Fit to screen",
+        "image_failed": "This image could not be loaded.",
+        "loading": "Loading…",
+        "terms_page_title": "Terms of use for viewing shared images",
+        "terms_use_h": "Personal use",
+        "terms_use": "The images are shared with you for your own care or, if you are a care "
+        "provider, for the care of this patient. Do not use them for anything else.",
+        "terms_confidential_h": "Confidential",
+        "terms_confidential": "Medical images and reports are confidential. Do not give the link, "
+        "the code or the SMS code to others. Store downloaded files safely and delete them when "
+        "you no longer need them. Whoever passes the data on is responsible for doing so.",
+        "terms_period_h": "14 days",
+        "terms_period": "The link works for 14 days. After that the images and the patient's data "
+        "are removed from this website. The care institution may also withdraw the link earlier. "
+        "If you need the images later, download them in time or ask for a new link.",
+        "terms_check_h": "Checks",
+        "terms_check": "You open the images with the patient's date of birth and a code sent by "
+        "SMS. After 5 wrong dates of birth the link is locked for 24 hours. Every time the images "
+        "are viewed or downloaded, this is recorded.",
+        "terms_downloads_h": "Downloads",
+        "terms_downloads": "You can download at most 10 times a day per link. JPEG pictures are "
+        "ordinary images to look at yourself; they are not suitable for diagnosis. DICOM is the "
+        "original data in diagnostic quality, for a doctor's image viewer.",
+        "terms_questions_h": "Questions",
+        "terms_questions": "This website does not give medical advice. If you have questions "
+        "about the images or the report, ask your doctor or the care institution that shared "
+        "them.",
     },
 }
