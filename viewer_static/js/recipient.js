@@ -415,12 +415,17 @@ function renderStudies(data) {
   updateDownloadsLeft();
 }
 
+// Reports and document-only series have their own buttons; they are not kinds of image.
+const REPORT_MODALITIES = new Set(["SR", "DOC", "KO", "PR"]);
+
 function renderStudy(study) {
   const title = study.description || tr("no_description");
   const date = formatStudyDate(study.study_date);
   const meta = el("p", { className: "study-meta muted" }, [
     el("time", { datetime: study.study_date || undefined, text: date }),
-    ...(study.modalities || []).map((m) => el("span", { className: "badge", text: m })),
+    ...(study.modalities || [])
+      .filter((m) => !REPORT_MODALITIES.has(m))
+      .map((m) => el("span", { className: "badge", text: m })),
   ]);
   const actions = el("div", { className: "study-actions" }, [
     ...renderReports(study),
@@ -445,9 +450,14 @@ function renderStudy(study) {
 function renderReports(study) {
   let reports = Array.isArray(study.reports) ? study.reports : [];
   if (!reports.length && study.report_url) reports = [{ kind: "pdf", url: study.report_url }];
-  return reports.map((report, i) => {
-    const suffix = reports.length > 1 ? ` ${i + 1}` : "";
-    if (report.kind === "sr") {
+  const seen = { sr: 0, pdf: 0 };
+  return reports.map((report) => {
+    const kind = report.kind === "sr" ? "sr" : "pdf";
+    seen[kind] += 1;
+    // Number reports only when a study has more than one of a kind.
+    const many = reports.filter((r) => (r.kind === "sr" ? "sr" : "pdf") === kind).length > 1;
+    const suffix = many ? ` ${seen[kind]}` : "";
+    if (kind === "sr") {
       return el("button", {
         type: "button",
         className: "report-button",
@@ -460,7 +470,8 @@ function renderReports(study) {
       href: report.url,
       target: "_blank",
       rel: "noopener",
-      text: tr("report_pdf") + suffix,
+      "aria-label": tr("report_pdf") + suffix,
+      text: tr("report_pdf_short") + suffix,
     });
   });
 }
