@@ -64,7 +64,9 @@ def _signed_in(runtime: Runtime, app: FastAPI, link: Link) -> TestClient:
 
 def _originals(runtime: Runtime) -> dict[str, str]:
     with runtime.sessions() as db:
-        return dict(db.execute(select(Instance.sop_uid, Instance.sha256)).tuples())
+        return {
+            uid: digest for uid, digest in db.execute(select(Instance.sop_uid, Instance.sha256))
+        }
 
 
 def test_dicom_zip_holds_a_dicomdir_and_every_instance_byte_for_byte(
