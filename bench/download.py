@@ -83,19 +83,29 @@ def _memory(pid: int) -> dict[str, int]:
     return fields
 
 
+def _headers(client: httpx.Client) -> dict[str, str]:
+    """Cookies by hand: the ``Secure`` session cookie is not sent over plain http otherwise."""
+    jar = {c.name: c.value for c in client.cookies.jar}
+    return {
+        "Cookie": "; ".join(f"{name}={value}" for name, value in jar.items()),
+        "X-CSRF-Token": jar.get("zb_csrf", ""),
+    }
+
+
 def _sign_in(client: httpx.Client, code: str, work: Path) -> None:
     client.post("/api/v1/recipient/open", json={"code": code}).raise_for_status()
-    headers = {"X-CSRF-Token": client.cookies["zb_csrf"]}
-    client.post("/api/v1/recipient/terms", json={"accepted": True}, headers=headers)
+    client.post("/api/v1/recipient/terms", json={"accepted": True}, headers=_headers(client))
     dob = PATIENT["PatientBirthDate"]
     birth = f"{dob[:4]}-{dob[4:6]}-{dob[6:]}"
     client.post(
-        "/api/v1/recipient/birth-date", json={"birth_date": birth}, headers=headers
+        "/api/v1/recipient/birth-date", json={"birth_date": birth}, headers=_headers(client)
     ).raise_for_status()
     newest = max((work / "sms").glob("*.json"))
     sms = re.search(r"\b(\d{6})\b", json.loads(newest.read_text())["body"])
     assert sms
-    answer = client.post("/api/v1/recipient/sms-code", json={"code": sms.group(1)}, headers=headers)
+    answer = client.post(
+        "/api/v1/recipient/sms-code", json={"code": sms.group(1)}, headers=_headers(client)
+    )
     answer.raise_for_status()
 
 
@@ -135,7 +145,7 @@ def zip_read(base: str, code: str, work: Path, pid: int) -> tuple[float, int, in
         before = _memory(pid)["VmRSS"]
         started, total = time.perf_counter(), 0
         url = "/api/v1/recipient/download?format=dicom&study=all"
-        with client.stream("GET", url) as answer:
+        with client.stream("GET", url, headers=_headers(client)) as answer:
             answer.raise_for_status()
             length = int(answer.headers["content-length"])
             for chunk in answer.iter_raw(1024 * 1024):
@@ -154,7 +164,7 @@ def main() -> None:
     folder = study_folder(args.series, args.slices, args.size)
     with (
         tempfile.TemporaryDirectory(prefix="zb-bench-dl-") as tmp,
-        SeaweedFS(Path(tmp) / "s3") as s3,
+        SeaweedFS() as s3,
     ):
         work = Path(tmp) / "work"
         env = _env(work, s3)
@@ -167,7 +177,7 @@ def main() -> None:
             [ZB, "serve", "--no-dicom", "--port", str(port)], env=env, start_new_session=True
         )
         try:
-            wait_for_port("127.0.0.1", port, 60)
+            wait_for_port(port, 60, server)
             run(args, s3, work, f"http://127.0.0.1:{port}", key, server.pid)
         finally:
             server.terminate()
