@@ -325,7 +325,8 @@ def test_at_most_five_sms_per_share_per_day(rt: Runtime, app: FastAPI, link: Lin
         first.post(f"{R}/sms-code/resend", headers=csrf(first)).status_code for _ in range(4)
     ]
     assert statuses == [200, 200, 200, 200]
-    assert first.post(f"{R}/sms-code/resend", headers=csrf(first)).status_code == 429
+    refused = first.post(f"{R}/sms-code/resend", headers=csrf(first))
+    assert refused.status_code == 429 and refused.json()["reason"] == "sms_limit"
     other = visitor(rt, app)  # another browser: still the same share's quota
     open_to_birth_date(other, link.code)
     assert birth_date(other, BIRTH_DATE).status_code == 429
@@ -382,6 +383,7 @@ def test_per_address_throttle_is_a_second_line(rt: Runtime, app: FastAPI, link: 
     assert statuses == [200] * 6 + [429]
     answer = client.post(f"{R}/open", json={"code": link.code})
     assert answer.status_code == 429 and int(answer.headers["retry-after"]) > 0
+    assert answer.json()["reason"] == "throttled"
     with rt.sessions() as db:
         alerts = db.scalars(
             select(AuditEvent).where(AuditEvent.event == "recipient.throttled")

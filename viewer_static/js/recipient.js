@@ -106,6 +106,8 @@ function handleCommon(status, data, errorEl) {
     showEnded(data);
   } else if (status === 423) {
     showStep("locked");
+  } else if (status === 429 && data && data.reason === "throttled") {
+    say(errorEl, tr("throttled"));
   } else if (status === 0) {
     say(errorEl, tr("error_network"));
   } else {
@@ -271,7 +273,7 @@ $("dob-form").addEventListener("submit", async (event) => {
     showStep("terms");
   } else if (status === 422) {
     say(dobError, tr("date_format"));
-  } else if (status === 429) {
+  } else if (status === 429 && data.reason !== "throttled") {
     say(dobError, tr("sms_limit"));
   } else if (status === 503) {
     say(dobError, tr("sms_failed"));
@@ -337,7 +339,7 @@ $("sms-resend").addEventListener("click", async (event) => {
     smsCode.value = "";
     say(smsInfo, tr("resent"));
     smsCode.focus();
-  } else if (status === 429) {
+  } else if (status === 429 && data.reason !== "throttled") {
     say(smsError, tr("sms_limit"));
   } else if (status === 503) {
     say(smsError, tr("sms_failed"));

@@ -268,7 +268,10 @@ def send_code(
             audit.Outcome.minor_failure,
             sent_today=sent_today,
         )
-        raise TooMany("no more SMS codes can be sent for this link today; try again tomorrow")
+        raise TooMany(
+            "no more SMS codes can be sent for this link today; try again tomorrow",
+            reason="sms_limit",
+        )
     session.execute(
         update(SmsChallenge)
         .where(SmsChallenge.share_id == share.id, SmsChallenge.used_at.is_(None))

@@ -113,6 +113,7 @@ def _throttle(session: Session, request: Request, runtime: Runtime, g: gate.Gate
     raise TooMany(
         "too many attempts from this address; wait a while and try again",
         headers={"Retry-After": str(retry)},
+        reason="throttled",
     )
 
 
@@ -319,6 +320,7 @@ def download(
             message_key="download_limit",
             institution=None,
             csrf=None,
+            lang_base="/",  # the language link must not reload the download URL
         )
     name = f"{'dicom' if format == 'dicom' else 'images'}-{live.share_id}.zip"
     return StreamingResponse(

@@ -110,6 +110,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "sms_request_new": "Vraag een nieuwe code aan.",
         "resend": "Stuur een nieuwe code",
         "resent": "Er is een nieuwe code verstuurd. Gebruik alleen de nieuwste code.",
+        "throttled": "Te veel pogingen vanaf dit adres. Wacht een kwartier en probeer het "
+        "opnieuw.",
         "sms_limit": "Er kunnen vandaag geen sms-codes meer worden verstuurd. Probeer het morgen "
         "opnieuw.",
         "sms_failed": "De sms kon niet worden verstuurd. Probeer het over een paar minuten "
@@ -307,6 +309,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "sms_request_new": "Please request a new code.",
         "resend": "Send a new code",
         "resent": "A new code has been sent. Only use the newest code.",
+        "throttled": "Too many attempts from this address. Please wait a quarter of an hour "
+        "and try again.",
         "sms_limit": "No more SMS codes can be sent today. Please try again tomorrow.",
         "sms_failed": "The text message could not be sent. Please try again in a few minutes.",
         "locked_title": "Temporarily locked",
