@@ -9,6 +9,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from zorgbericht.bsn import is_valid_bsn
+from zorgbericht.recipients.archive import dir_record_from_dataset
 from zorgbericht.staging.schemas import InstanceMeta
 
 __all__ = ["UndecodableInstance", "is_valid_bsn", "meta_from_dataset", "read_meta"]
@@ -96,6 +97,7 @@ def meta_from_dataset(ds: Dataset, transfer_syntax_uid: str) -> InstanceMeta:
         instance_number=_int(ds.get("InstanceNumber")),
         frames=max(1, _int(ds.get("NumberOfFrames")) or 1),
         has_pixels="Rows" in ds and "Columns" in ds,
+        dir_record=dir_record_from_dataset(ds),
     )
 
 

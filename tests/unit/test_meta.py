@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import random
+import warnings
 from datetime import date
 
 import pytest
@@ -11,8 +13,11 @@ from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    ComprehensiveSRStorage,
     CTImageStorage,
+    EncapsulatedPDFStorage,
     ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
     ImplicitVRLittleEndian,
     generate_uid,
 )
@@ -24,6 +29,7 @@ from dicom_ingest.meta import (
     meta_from_dataset,
     read_meta,
 )
+from zorgbericht.recipients.archive import DIR_RECORD_LIMIT
 
 VALID_BSN = "123456782"
 VALID_8_DIGIT_BSN = "12345672"  # 012345672 passes the 11-check
@@ -379,3 +385,167 @@ def test_absent_optional_fields_are_none() -> None:
     assert meta.patient_id is None
     assert meta.series_number is None and meta.instance_number is None
     assert meta.modality is None and meta.accession_number is None
+
+
+# --------------------------------------------------------------------------- DICOMDIR record
+
+
+def _dir_record_keys(record: dict[str, object] | None) -> set[str]:
+    assert record is not None
+    return {elem.keyword for elem in Dataset.from_json(record)}
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, scheme, meaning
+    return code
+
+
+def test_dir_record_holds_only_the_keys_the_dicomdir_records_need() -> None:
+    ds = _dataset(
+        PatientID="MRN0001",
+        PatientName="DOE^JANE",
+        PatientBirthDate="19800229",
+        OtherPatientIDsSequence=[_other_id(VALID_BSN, BSN_ISSUER)],
+        StudyDate="20260101",
+        StudyTime="120000",
+        StudyID="1",
+        StudyDescription="CT THORAX",
+        AccessionNumber="A1",
+        Modality="CT",
+        SeriesNumber=3,
+        SeriesDescription="AXIAL",
+        InstanceNumber=17,
+        ImageType=["ORIGINAL", "PRIMARY"],
+        Rows=2,
+        Columns=2,
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
+        PixelRepresentation=0,
+        SamplesPerPixel=1,
+        PhotometricInterpretation="MONOCHROME2",
+        PixelData=b"\0" * 4,
+    )
+    meta = read_meta(_encode(ds))
+    assert _dir_record_keys(meta.dir_record) == {
+        "PatientID",
+        "PatientName",
+        "StudyDate",
+        "StudyTime",
+        "StudyID",
+        "StudyDescription",
+        "AccessionNumber",
+        "StudyInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesInstanceUID",
+        "InstanceNumber",
+    }
+    text = json.dumps(meta.dir_record)
+    assert VALID_BSN not in text and "19800229" not in text  # no more patient data than needed
+    assert Dataset.from_json(meta.dir_record).InstanceNumber == 17
+
+
+def _observer(stamp: str) -> Dataset:
+    observer = Dataset()
+    observer.VerificationDateTime = stamp
+    observer.VerifyingObserverName = "ARTS^A"
+    return observer
+
+
+def test_dir_record_of_an_sr_keeps_its_title_modifiers_but_not_its_findings() -> None:
+    modifier = Dataset()
+    modifier.RelationshipType, modifier.ValueType = "HAS CONCEPT MOD", "CODE"
+    modifier.ConceptNameCodeSequence = [_code("G-C0E3", "SRT", "Finding Site")]
+    modifier.ConceptCodeSequence = [_code("39607008", "SCT", "Lung")]
+    modifier.ContentSequence = [Dataset()]  # a subtree the record must not carry
+    finding = Dataset()
+    finding.RelationshipType, finding.ValueType = "CONTAINS", "TEXT"
+    finding.TextValue = "Vertrouwelijke bevinding"
+    ds = _dataset(
+        SOPClassUID=ComprehensiveSRStorage,
+        Modality="SR",
+        InstanceNumber=1,
+        CompletionFlag="COMPLETE",
+        VerificationFlag="VERIFIED",
+        ContentDate="20260102",
+        ContentTime="0830",
+        ConceptNameCodeSequence=[_code("18748-4", "LN", "Diagnostic imaging report")],
+        VerifyingObserverSequence=[_observer("20260102091500"), _observer("20260103100000")],
+        ContentSequence=[finding, modifier],
+    )
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    record = Dataset.from_json(read_meta(_encode(ds)).dir_record)
+    assert record.VerificationDateTime == "20260103100000"  # the latest verification
+    assert record.ConceptNameCodeSequence[0].CodeValue == "18748-4"
+    assert len(record.ContentSequence) == 1
+    assert record.ContentSequence[0].ConceptCodeSequence[0].CodeMeaning == "Lung"
+    assert "ContentSequence" not in record.ContentSequence[0]
+    assert "Vertrouwelijke" not in json.dumps(read_meta(_encode(ds)).dir_record)
+
+
+def test_dir_record_of_an_encapsulated_pdf_has_its_mime_type_not_the_document() -> None:
+    ds = _dataset(
+        SOPClassUID=EncapsulatedPDFStorage,
+        Modality="DOC",
+        InstanceNumber=1,
+        DocumentTitle="Verslag",
+        MIMETypeOfEncapsulatedDocument="application/pdf",
+        EncapsulatedDocument=b"%PDF-1.4 " + b"x" * 100_000 + b" %%EOF",
+    )
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta = read_meta(_encode(ds))
+    record = Dataset.from_json(meta.dir_record)
+    assert record.MIMETypeOfEncapsulatedDocument == "application/pdf"
+    assert record.DocumentTitle == "Verslag"
+    assert "EncapsulatedDocument" not in record
+    assert len(json.dumps(meta.dir_record)) < 2000
+
+
+def test_dir_record_holds_text_decoded_from_the_instance_character_set() -> None:
+    ds = _dataset(
+        SpecificCharacterSet="ISO_IR 100",
+        PatientName="Müller^Jörg",
+        StudyDescription="Echografie bovenbuik é",
+    )
+    data = _encode(ds)
+    assert "Müller".encode("latin-1") in data  # really encoded as Latin-1
+    record = Dataset.from_json(read_meta(data).dir_record)
+    assert str(record.PatientName) == "Müller^Jörg"
+    assert record.StudyDescription == "Echografie bovenbuik é"
+
+
+def test_dir_record_drops_an_unbounded_optional_sequence_to_stay_small() -> None:
+    references = []
+    for _ in range(400):
+        image = Dataset()
+        image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID = CTImageStorage, generate_uid()
+        series = Dataset()
+        series.SeriesInstanceUID, series.ReferencedImageSequence = generate_uid(), [image]
+        references.append(series)
+    ds = _dataset(
+        SOPClassUID=GrayscaleSoftcopyPresentationStateStorage,
+        Modality="PR",
+        InstanceNumber=1,
+        ContentLabel="ANNOTATIE",
+        PresentationCreationDate="20260101",
+        PresentationCreationTime="120000",
+        ReferencedSeriesSequence=references,
+    )
+    meta = read_meta(_encode(ds))
+    assert meta.dir_record is not None
+    assert len(json.dumps(meta.dir_record)) <= DIR_RECORD_LIMIT
+    record = Dataset.from_json(meta.dir_record)
+    assert "ReferencedSeriesSequence" not in record
+    assert record.ContentLabel == "ANNOTATIE" and record.PresentationCreationDate == "20260101"
+
+
+def test_unconvertible_header_value_leaves_no_dir_record_yet_the_instance_is_indexed() -> None:
+    data = _encode(_dataset(PatientID="X", InstanceNumber="4242"))
+    data = data.replace(b"4242", b"abcd")  # an IS that is no number, as some senders write
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # in production pydicom only warns about it
+        meta = read_meta(data)
+    assert meta.patient_id == "X" and meta.instance_number is None
+    assert meta.dir_record is None  # the archive then reads the header itself

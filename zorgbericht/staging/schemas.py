@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -31,6 +32,8 @@ class InstanceMeta:
     instance_number: int | None = None
     frames: int = 1
     has_pixels: bool = True
+    # The header attributes this instance's DICOMDIR records need, as DICOM JSON (bounded).
+    dir_record: dict[str, Any] | None = field(default=None, hash=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ def index_instances(
             "preview_state": PreviewState.pending if it.meta.has_pixels else PreviewState.none,
             "preview_error": None,
             "received_at": now,
+            "dir_record": it.meta.dir_record,
         }
         for it in items
     ]
