@@ -66,4 +66,6 @@ def configure_logging(level: str) -> None:
     # pynetdicom logs every PDU at INFO and dumps identifiers at DEBUG: keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # zipstream-ng warns with a member's name (a study date and description in the JPEG ZIP).
+    logging.getLogger("zipstream").setLevel(logging.ERROR)
     logging.getLogger("uvicorn.access").addFilter(_NoQueryStrings())

@@ -17,7 +17,7 @@ from zorgbericht.audit import service as audit
 from zorgbericht.db import utcnow
 from zorgbericht.deps import RuntimeDep, SessionDep
 from zorgbericht.errors import Forbidden, NotFound, TooMany, Unauthorized
-from zorgbericht.recipients import gate, reports, sessions, throttle
+from zorgbericht.recipients import archive, gate, reports, sessions, throttle
 from zorgbericht.recipients import service as recipients
 from zorgbericht.recipients.models import RecipientSession
 from zorgbericht.runtime import Runtime
@@ -289,8 +289,6 @@ def download(
     study: Annotated[str, Query(max_length=64)] = "all",
 ) -> Response:
     """A streamed ZIP of one study or all; counted against the day's limit before it starts."""
-    from zorgbericht.recipients import archive  # noqa: PLC0415 - TEMPORARY until it lands
-
     live, share, actor = _signed_in(request, session, row)
     wanted = recipients.DownloadRequest(format, study)
     ids = wanted.study_ids(session, share)

@@ -13,8 +13,8 @@ from zorgbericht.db import utcnow
 from zorgbericht.delivery import service as delivery
 from zorgbericht.deps import ApiClientDep, RuntimeDep, SessionDep, StoreDep, api_actor
 from zorgbericht.errors import DomainError
-from zorgbericht.runtime import Runtime
 from zorgbericht.recipients import service as recipients
+from zorgbericht.runtime import Runtime
 from zorgbericht.shares import service as shares
 from zorgbericht.shares.schemas import ShareIn, ShareOut
 from zorgbericht.tenants import service as tenants
@@ -123,7 +123,9 @@ def list_shares(
         details={"matches": len(found)},
     )
     now = utcnow()
-    counts = recipients.downloads_by_share(session=session, share_ids=[s.id for s in found], now=now)
+    counts = recipients.downloads_by_share(
+        session=session, share_ids=[s.id for s in found], now=now
+    )
     return [
         shares.to_out(
             s, now, letter_url=_letter_url(request, s), downloads_today=counts.get(s.id, 0)

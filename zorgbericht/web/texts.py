@@ -110,8 +110,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "sms_request_new": "Vraag een nieuwe code aan.",
         "resend": "Stuur een nieuwe code",
         "resent": "Er is een nieuwe code verstuurd. Gebruik alleen de nieuwste code.",
-        "throttled": "Te veel pogingen vanaf dit adres. Wacht een kwartier en probeer het "
-        "opnieuw.",
+        "throttled": "Te veel pogingen vanaf dit adres. Wacht een kwartier en probeer het opnieuw.",
         "sms_limit": "Er kunnen vandaag geen sms-codes meer worden verstuurd. Probeer het morgen "
         "opnieuw.",
         "sms_failed": "De sms kon niet worden verstuurd. Probeer het over een paar minuten "
