@@ -20,12 +20,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zorgbericht import worker
 from zorgbericht.audit import service as audit
-from zorgbericht.db import transaction
+from zorgbericht.db import transaction, utcnow
 from zorgbericht.errors import DomainError
 from zorgbericht.runtime import Runtime, build_runtime, configure_logging
 from zorgbericht.settings import Settings
+from zorgbericht.shares import service as shares
 from zorgbericht.staging import service as staging
 from zorgbericht.tenants import service as tenants
+from zorgbericht.tenants.models import Tenant
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -440,8 +442,6 @@ def demo(
     with transaction(runtime.sessions) as session:
         from sqlalchemy import select
 
-        from zorgbericht.tenants.models import Tenant
-
         owner = session.scalar(select(Tenant).where(Tenant.slug == "demo"))
         if owner is None:
             owner = tenants.create_tenant(
@@ -462,8 +462,10 @@ def demo(
     from dicom_ingest.synthetic import write_study
 
     with tempfile.TemporaryDirectory() as folder:
-        write_study(Path(folder), series=2, slices=30, size=256)
+        study_uid = write_study(Path(folder), series=2, slices=30, size=256)
         _import(runtime, Path(folder), tenant_id, show_progress=False)
+    link = _demo_share(runtime, tenant_id, study_uid)
+    sms_folder = runtime.settings.data_dir / "sms"
     public = runtime.settings.public_url.rstrip("/")
     dport = dicom_port or runtime.settings.dicom_port
     typer.echo(
@@ -478,10 +480,31 @@ zorgbericht demo is running
   calling AEs    {", ".join(DEMO_AE_TITLES)}
   push a study   storescu -aec {runtime.settings.dicom_ae_title} +sd +r 127.0.0.1 {dport} FOLDER/
   what's staged  zorgbericht studies
+  recipient      {link}
+                 date of birth 01-01-1970; SMS codes are written to {sms_folder}/
 """,
         err=False,
     )
     _serve(runtime, host, port, dicom_port, dicom=True, background=True)
+
+
+def _demo_share(runtime: Runtime, tenant_id: int, study_uid: str) -> str:
+    """Share the demo study by URL, so a newcomer can walk the recipient pages."""
+    from zorgbericht.shares.schemas import ShareIn
+
+    with transaction(runtime.sessions) as session:
+        created = shares.create_share(
+            session=session,
+            tenant=session.get(Tenant, tenant_id),
+            actor=audit.Actor("cli", "demo"),
+            share_in=ShareIn(
+                study_uids=[study_uid], recipient="patient", delivery="url", phone="0612345678"
+            ),
+            settings=runtime.settings,
+            pacs=None,
+            now=utcnow(),
+        )
+        return created.url
 
 
 def main() -> None:

@@ -234,7 +234,7 @@ def test_demo_stages_a_study_and_prints_a_working_api_key(env: dict[str, str]) -
         wait_for_port(port, timeout=120, proc=proc)
         assert proc.stdout is not None
         lines = []
-        while not any(line.strip().startswith("API key") for line in lines):
+        while not any(line.strip().startswith("recipient") for line in lines):
             lines.append(proc.stdout.readline())
         key = next(line.split()[-1] for line in lines if line.strip().startswith("API key"))
         listed = httpx.get(
@@ -242,6 +242,14 @@ def test_demo_stages_a_study_and_prints_a_working_api_key(env: dict[str, str]) -
         ).json()
         assert len(listed) == 1 and listed[0]["state"] == "stable"
         assert listed[0]["instance_count"] == 60
+        link = next(line.split()[-1] for line in lines if line.strip().startswith("recipient"))
+        assert "?code=" in link
+        opened = httpx.get(f"http://127.0.0.1:{port}/" + link.split("/", 3)[-1])
+        assert opened.status_code == 303 and opened.headers["location"] == "/"
+        shares = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/shares", headers={"Authorization": f"Bearer {key}"}
+        ).json()
+        assert [s["state"] for s in shares] == ["ready"]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
