@@ -62,3 +62,7 @@ class Unavailable(Refusal):
 
 class Forbidden(DomainError):
     status_code = 403
+
+
+class Unreadable(DomainError):
+    status_code = 422

@@ -37,7 +37,7 @@ def run_once(runtime: Runtime, now: datetime | None = None) -> int:
     with transaction(runtime.sessions) as session:
         report = purge(session=session, store=runtime.store, settings=runtime.settings, now=now)
     with transaction(runtime.sessions) as session:
-        gate.forget_stale(session=session, now=now)
+        gate.forget_stale(session=session, now=now, max_age=runtime.settings.recipient_max_age)
     if report.expired or report.shares_purged or report.studies_purged:
         log.info("purge: %s", report)
     delivery.send_due(

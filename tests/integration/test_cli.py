@@ -245,7 +245,7 @@ def test_demo_stages_a_study_and_prints_a_working_api_key(env: dict[str, str]) -
         link = next(line.split()[-1] for line in lines if line.strip().startswith("recipient"))
         assert "?code=" in link
         opened = httpx.get(f"http://127.0.0.1:{port}/" + link.split("/", 3)[-1])
-        assert opened.status_code == 303 and opened.headers["location"] == "/"
+        assert opened.status_code == 200 and "__Host-zb_session" in opened.headers["set-cookie"]
         shares = httpx.get(
             f"http://127.0.0.1:{port}/api/v1/shares", headers={"Authorization": f"Bearer {key}"}
         ).json()

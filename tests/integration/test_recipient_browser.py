@@ -622,11 +622,12 @@ def test_a_revoked_link_says_whom_to_ask_for_a_new_one(
 ) -> None:
     share_id, code = site.share(study_uid)
     page = new_page(browser, PHONE)
-    through_terms(page, site, code)
+    sign_in(page, site, code)
+    step(page, "studies")
     httpx.delete(
         f"{site.url}/api/v1/shares/{share_id}", headers={"Authorization": f"Bearer {site.key}"}
     ).raise_for_status()
-    type_birth_date(page, "12031975")
+    page.reload()
     step(page, "ended")
     expect(page.locator("#ended-title")).to_have_text("Deze link werkt niet meer")
     expect(page.locator("#ended-reason")).to_have_text(
@@ -634,6 +635,23 @@ def test_a_revoked_link_says_whom_to_ask_for_a_new_one(
     )
     expect(page.locator("#ended-ask")).to_have_text("Vraag Acme Ziekenhuis om een nieuwe link.")
     shot(page, "ended-phone")
+
+
+def test_an_ended_link_names_no_institution_before_the_birth_date(
+    browser: Browser, site: Site, study_uid: str
+) -> None:
+    share_id, code = site.share(study_uid)
+    page = new_page(browser, PHONE)
+    through_terms(page, site, code)
+    httpx.delete(
+        f"{site.url}/api/v1/shares/{share_id}", headers={"Authorization": f"Bearer {site.key}"}
+    ).raise_for_status()
+    type_birth_date(page, "01011990")  # any date: the link itself has ended
+    step(page, "ended")
+    expect(page.locator("#ended-ask")).to_have_text(
+        "Vraag de zorginstelling die de beelden met u deelde om een nieuwe link."
+    )
+    assert "Acme" not in page.content()
 
 
 def test_the_days_last_download_is_announced_before_the_limit_page(
@@ -663,3 +681,16 @@ def test_the_days_last_download_is_announced_before_the_limit_page(
     page.goto(f"{site.url}/api/v1/recipient/download?format=dicom&study=all")
     expect(page.locator("h1")).to_have_text("Daglimiet bereikt")
     shot(page, "download-limit-page-desktop")
+
+
+def test_a_link_clicked_on_another_site_reaches_the_terms(
+    browser: Browser, site: Site, study_uid: str
+) -> None:
+    """A mail or QR app opens the link cross-site: the Strict session cookie must still hold."""
+    _, code = site.share(study_uid)
+    page = new_page(browser, PHONE)
+    page.set_content(f'<a id="mail-link" href="{site.url}/?code={code}">Open your images</a>')
+    page.click("#mail-link")
+    expect(page).to_have_url(f"{site.url}/")
+    step(page, "terms")
+    assert code not in page.content()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import subprocess
+import threading
 import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,7 @@ from zorgbericht import worker
 from zorgbericht.app import create_app
 from zorgbericht.audit.models import AuditEvent
 from zorgbericht.db import transaction, utcnow
+from zorgbericht.recipients import service as recipients
 from zorgbericht.recipients.models import Download
 from zorgbericht.runtime import Runtime
 from zorgbericht.staging.models import Instance
@@ -161,11 +164,24 @@ def test_eleventh_download_of_the_day_is_refused_kindly(
 
 @pytest.mark.parametrize("storage", ["file"], indirect=True)
 def test_parallel_downloads_cannot_get_past_the_cap(
-    runtime: Runtime, app: FastAPI, two_studies: Link
+    runtime: Runtime, app: FastAPI, two_studies: Link, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runtime.settings.daily_download_limit = 3
     client = _signed_in(runtime, app, two_studies)
     cookies = dict(client.cookies)
+    # Every request counts today's downloads at the same moment: only the row lock (or
+    # SQLite's single writer) keeps them from all seeing room for one more.
+    barrier = threading.Barrier(8, timeout=2)
+    counted = recipients.downloads_today
+
+    def count_together(*args: object) -> int:
+        done = counted(*args)  # type: ignore[arg-type]
+        # Broken when serialised by the lock: the others cannot get here meanwhile.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait()
+        return done
+
+    monkeypatch.setattr(recipients, "downloads_today", count_together)
 
     def one(_: int) -> int:
         with browser(runtime, app) as other:

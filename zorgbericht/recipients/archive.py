@@ -994,7 +994,10 @@ def _produce(
             return
         hand_over(None)
     except Exception as exc:  # handed to the consumer, which raises it in the request
-        hand_over(exc)
+        # zipstream's messages name the member (a study date and description): the error
+        # that reaches the server log carries only the kind of failure.
+        log.warning("archive stream failed: %s", type(exc).__name__)
+        hand_over(RuntimeError(f"archive stream failed ({type(exc).__name__})"))
     finally:
         close = getattr(chunks, "close", None)
         if close is not None:

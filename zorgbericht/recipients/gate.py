@@ -16,6 +16,7 @@ from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from zorgbericht.audit import service as audit
@@ -42,6 +43,7 @@ AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 MAX_FAILURES = 5
 CHECKS_PER_CODE = 5
 ENDED = (ShareState.expired, ShareState.revoked, ShareState.failed)
+FAILURE_WINDOW = timedelta(hours=24)
 
 
 def amsterdam_day(now: datetime) -> date:
@@ -141,8 +143,12 @@ def _locked_share(session: Session, row: RecipientSession) -> Share | None:
     return session.scalar(select(Share).where(Share.id == row.share_id).with_for_update())
 
 
+def _count_failure(count: int, last: datetime | None, now: datetime) -> int:
+    """One more failure in the rolling day that began with the failures before it."""
+    return 1 if last is None or now - last > FAILURE_WINDOW else count + 1
+
+
 def _refuse_ended_or_locked(session: Session, gate: Gate, share: Share) -> None:
-    tenant = session.get(Tenant, share.tenant_id)
     state = effective_state(share, gate.now)
     if state in ENDED:
         _event(
@@ -153,10 +159,9 @@ def _refuse_ended_or_locked(session: Session, gate: Gate, share: Share) -> None:
             audit.Outcome.minor_failure,
             reason=state.value,
         )
+        # Said before the birth date is checked, so it does not name the institution.
         raise Gone(
-            "this link no longer works; ask the institution for a new one",
-            reason=state.value,
-            institution=tenant.name if tenant else None,
+            "this link no longer works; ask the institution for a new one", reason=state.value
         )
     if share.locked_until is not None and share.locked_until > gate.now:
         raise _locked(share.locked_until)
@@ -183,7 +188,8 @@ def check_birth_date(
     if share.birth_date is None or not hmac.compare_digest(
         share.birth_date.isoformat(), birth_date.isoformat()
     ):
-        share.dob_failures += 1
+        share.dob_failures = _count_failure(share.dob_failures, share.dob_failed_at, gate.now)
+        share.dob_failed_at = gate.now
         _event(
             session,
             gate,
@@ -200,10 +206,13 @@ def check_birth_date(
         raise WrongAnswer(
             "the date of birth is not right", attempts_left=MAX_FAILURES - share.dob_failures
         )
-    share.dob_failures = 0
     row.birth_date_ok_at = gate.now
-    _event(session, gate, audit.Ev.birth_date_right, share)
-    send_code(session=session, gate=gate, row=row, share=share, sms=sms)
+    # The SMS goes out before the event is written: writing it takes the audit chain's
+    # lock, which must not wait on the SMS provider.
+    try:
+        send_code(session=session, gate=gate, row=row, share=share, sms=sms)
+    finally:
+        _event(session, gate, audit.Ev.birth_date_right, share)
     tenant = session.get(Tenant, share.tenant_id)
     return {
         "sms_sent": True,
@@ -215,14 +224,21 @@ def check_birth_date(
 
 def _probe_birth_date(session: Session, gate: Gate, row: RecipientSession) -> dict[str, object]:
     """A code that matches no share: wrong every time, locked after 5, like a real one."""
-    probe = session.get(CodeProbe, row.code_hmac, with_for_update=True)
-    if probe is None:
-        probe = CodeProbe(code_hmac=row.code_hmac, dob_failures=0)
-        session.add(probe)
-    probe.updated_at = gate.now
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(  # parallel first tries: one row, then a row lock like a share's
+        dialect.insert(CodeProbe)
+        .values(code_hmac=row.code_hmac, dob_failures=0, updated_at=gate.now)
+        .on_conflict_do_nothing()
+    )
+    probe = session.scalar(
+        select(CodeProbe).where(CodeProbe.code_hmac == row.code_hmac).with_for_update()
+    )
+    assert probe is not None
     if probe.locked_until is not None and probe.locked_until > gate.now:
         raise _locked(probe.locked_until)
-    probe.dob_failures += 1
+    last = probe.updated_at if probe.dob_failures else None
+    probe.dob_failures = _count_failure(probe.dob_failures, last, gate.now)
+    probe.updated_at = gate.now
     _event(
         session,
         gate,
@@ -272,11 +288,6 @@ def send_code(
             "no more SMS codes can be sent for this link today; try again tomorrow",
             reason="sms_limit",
         )
-    session.execute(
-        update(SmsChallenge)
-        .where(SmsChallenge.share_id == share.id, SmsChallenge.used_at.is_(None))
-        .values(superseded=True)
-    )
     code = f"{secrets.randbelow(10**6):06d}"
     ttl = gate.settings.sms_code_ttl
     challenge = SmsChallenge(
@@ -304,6 +315,15 @@ def send_code(
             reason=type(exc).__name__,
         )
         raise Unavailable("the SMS code could not be sent; try again in a few minutes") from None
+    session.execute(  # only now: a failed send leaves the code the recipient has working
+        update(SmsChallenge)
+        .where(
+            SmsChallenge.share_id == share.id,
+            SmsChallenge.used_at.is_(None),
+            SmsChallenge.id != challenge.id,
+        )
+        .values(superseded=True)
+    )
     _event(session, gate, audit.Ev.sms_sent, share, sent_today=(sent_today or 0) + 1)
 
 
@@ -354,15 +374,14 @@ def check_code(
     ):
         return _wrong_code(session, gate, share)
     challenge.used_at = gate.now
-    share.sms_failures = 0
-    share.dob_failures = 0
     row.signed_in_at = gate.now
     _event(session, gate, audit.Ev.code_right, share)
     return row
 
 
 def _wrong_code(session: Session, gate: Gate, share: Share) -> RecipientSession:
-    share.sms_failures += 1
+    share.sms_failures = _count_failure(share.sms_failures, share.sms_failed_at, gate.now)
+    share.sms_failed_at = gate.now
     _event(
         session,
         gate,
@@ -398,7 +417,7 @@ def log_out(*, session: Session, gate: Gate, row: RecipientSession) -> None:
     _event(session, _as(gate, row, share), audit.Ev.recipient_logout, share)
 
 
-def forget_stale(*, session: Session, now: datetime) -> None:
+def forget_stale(*, session: Session, now: datetime, max_age: timedelta) -> None:
     """Drop gate bookkeeping nobody can need any more: old windows, probes and codes."""
     day_ago = now - timedelta(days=1)
     throttle.forget_before(session=session, moment=day_ago)
@@ -408,4 +427,13 @@ def forget_stale(*, session: Session, now: datetime) -> None:
             or_(CodeProbe.locked_until.is_(None), CodeProbe.locked_until < now),
         )
     )
-    session.execute(delete(SmsChallenge).where(SmsChallenge.expires_at < day_ago))
+    # Challenges make the day's SMS count: keep them past the Amsterdam day they belong to.
+    session.execute(
+        delete(SmsChallenge).where(SmsChallenge.created_at < day_start(now) - timedelta(days=1))
+    )
+    # Sessions past their absolute timeout are dead; the trail names them by id only.
+    session.execute(
+        delete(RecipientSession).where(
+            RecipientSession.created_at < now - max_age - timedelta(days=1)
+        )
+    )

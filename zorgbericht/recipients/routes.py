@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import hmac
 import io
+import logging
 from datetime import date
 from typing import Annotated, Literal
 
 import pydicom
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.orm import Session
 
 from zorgbericht.audit import service as audit
 from zorgbericht.db import utcnow
 from zorgbericht.deps import RuntimeDep, SessionDep
-from zorgbericht.errors import Forbidden, NotFound, TooMany, Unauthorized
+from zorgbericht.errors import Forbidden, NotFound, TooMany, Unauthorized, Unreadable
 from zorgbericht.recipients import archive, gate, reports, sessions, throttle
 from zorgbericht.recipients import service as recipients
 from zorgbericht.recipients.models import RecipientSession
@@ -27,6 +28,7 @@ from zorgbericht.staging.service import preview_key
 from zorgbericht.tenants.models import Tenant
 from zorgbericht.web.pages import render
 
+log = logging.getLogger(__name__)
 api = APIRouter(prefix="/api/v1/recipient", tags=["recipient"])
 pages = APIRouter(include_in_schema=False)
 
@@ -227,7 +229,7 @@ def studies(
 
 @api.get("/images/{instance_id}/{kind}")
 def image(
-    instance_id: int,
+    instance_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
     kind: Literal["thumbnail", "preview"],
     request: Request,
     session: SessionDep,
@@ -240,21 +242,21 @@ def image(
     instance = recipients.shared_instance(session=session, share=share, instance_id=instance_id)
     if frame >= instance.frames or (kind == "thumbnail" and frame):
         raise NotFound("no such frame")
-    if kind == "preview":
-        recipients.note_view(
-            session=session, share=share, row=live, instance=instance, actor=actor, now=utcnow()
-        )
     key = preview_key(instance.object_key, "thumb" if kind == "thumbnail" else "preview", frame)
     try:
         data = runtime.store.get_bytes(key)
     except KeyError:
         raise NotFound("this image has no preview") from None
+    if kind == "preview":  # after the read: the audit chain's lock is held until commit
+        recipients.note_view(
+            session=session, share=share, row=live, instance=instance, actor=actor, now=utcnow()
+        )
     return Response(data, media_type="image/jpeg")
 
 
 @api.get("/reports/{instance_id}")
 def report(
-    instance_id: int,
+    instance_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
     request: Request,
     session: SessionDep,
     runtime: RuntimeDep,
@@ -266,17 +268,23 @@ def report(
     kind = reports.is_report(instance.sop_class_uid)
     if kind is None:
         raise NotFound("no such report")
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(runtime.store.get_bytes(instance.object_key)))
+        if kind == "pdf":
+            answer = Response(
+                reports.encapsulated_pdf(dataset),
+                media_type="application/pdf",
+                headers={"Content-Disposition": 'inline; filename="report.pdf"'},
+            )
+        else:
+            answer = Response(reports.sr_text(dataset), media_type="text/plain; charset=utf-8")
+    except KeyError:
+        raise NotFound("this report is no longer stored") from None
+    except Exception as exc:  # whatever a malformed stored report makes pydicom raise
+        log.warning("report %s unreadable: %s", instance.id, type(exc).__name__)
+        raise Unreadable("this report cannot be shown; download the DICOM files instead") from None
     recipients.note_report(session=session, share=share, instance=instance, actor=actor)
-    data = runtime.store.get_bytes(instance.object_key)
-    if kind == "pdf":
-        return Response(
-            reports.encapsulated_pdf(pydicom.dcmread(io.BytesIO(data))),
-            media_type="application/pdf",
-            headers={"Content-Disposition": 'inline; filename="report.pdf"'},
-        )
-    return Response(
-        reports.sr_text(pydicom.dcmread(io.BytesIO(data))), media_type="text/plain; charset=utf-8"
-    )
+    return answer
 
 
 @api.get("/download", response_model=None)
@@ -292,18 +300,31 @@ def download(
     live, share, actor = _signed_in(request, session, row)
     wanted = recipients.DownloadRequest(format, study)
     ids = wanted.study_ids(session, share)
-    studies = archive.archive_studies(session, ids)
-    build = archive.dicom_zip if format == "dicom" else archive.jpeg_zip
-    zs = build(runtime.store, studies)
-    size = len(zs)
+    limit = runtime.settings.daily_download_limit
     try:
+        studies = archive.archive_studies(session, ids)
+        uids = [s.study_uid for s in studies]
+        recipients.refuse_when_spent(
+            session=session,
+            share=share,
+            request=wanted,
+            study_uids=uids,
+            limit=limit,
+            actor=actor,
+            now=utcnow(),
+        )
+        # Sizes and old headers come from the store: no transaction stays open meanwhile
+        # (on SQLite it would hold the database's write lock).
+        session.commit()
+        zs = (archive.dicom_zip if format == "dicom" else archive.jpeg_zip)(runtime.store, studies)
+        size = len(zs)
         recipients.reserve_download(
             session=session,
             row=live,
             request=wanted,
             size=size,
-            study_uids=[s.study_uid for s in studies],
-            limit=runtime.settings.daily_download_limit,
+            study_uids=uids,
+            limit=limit,
             actor=actor,
             now=utcnow(),
         )
@@ -351,7 +372,9 @@ def landing(
 ) -> Response:
     """The recipient's page; a ``?code=`` is moved into the session cookie at once."""
     if code is not None:
-        response = RedirectResponse("/", status_code=303)
+        # Not a 303: after a cross-site click (mail, QR app) the browser would not send the
+        # SameSite=Strict cookie on the redirect. This page moves on to "/" from our own site.
+        response = render(request, "recipient/continue.html")
         g = _gate(request, runtime)
         _throttle(session, request, runtime, g)
         if codes.normalise(code) is not None:

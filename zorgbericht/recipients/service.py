@@ -247,6 +247,36 @@ class DownloadRequest:
         return [s.id for s in studies]
 
 
+def refuse_when_spent(
+    *,
+    session: Session,
+    share: Share,
+    request: DownloadRequest,
+    study_uids: list[str],
+    limit: int,
+    actor: audit.Actor,
+    now: datetime,
+) -> None:
+    """``TooMany`` (and an audit event) once the share's downloads of today reach the cap."""
+    done = downloads_today(session, share.id, now)
+    if done < limit:
+        return
+    _record(
+        session,
+        actor,
+        audit.Ev.download_refused,
+        share,
+        audit.Outcome.minor_failure,
+        study_uids=study_uids,
+        format=request.format,
+        downloads_today=done,
+    )
+    raise TooMany(
+        f"this link has been downloaded {limit} times today, the most allowed; try again tomorrow",
+        headers={"Retry-After": "3600"},
+    )
+
+
 def reserve_download(
     *,
     session: Session,
@@ -261,23 +291,16 @@ def reserve_download(
     """Count one download against the day's cap, atomically; ``TooMany`` past it."""
     share = session.scalar(select(Share).where(Share.id == row.share_id).with_for_update())
     assert share is not None
-    done = downloads_today(session, share.id, now)
-    if done >= limit:
-        _record(
-            session,
-            actor,
-            audit.Ev.download_refused,
-            share,
-            audit.Outcome.minor_failure,
-            study_uids=study_uids,
-            format=request.format,
-            downloads_today=done,
-        )
-        raise TooMany(
-            f"this link has been downloaded {limit} times today, the most allowed; "
-            "try again tomorrow",
-            headers={"Retry-After": "3600"},
-        )
+    live_share(session=session, row=row, actor=actor, now=now)  # revoked meanwhile?
+    refuse_when_spent(
+        session=session,
+        share=share,
+        request=request,
+        study_uids=study_uids,
+        limit=limit,
+        actor=actor,
+        now=now,
+    )
     session.add(
         Download(
             share_id=share.id,

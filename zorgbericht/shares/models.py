@@ -51,8 +51,12 @@ class Share(Base):
     ended_at: Mapped[datetime | None]
     purged_at: Mapped[datetime | None]
     # The recipient gate, counted per share (DESIGN §5): never per browser or address.
+    # A right answer does not reset them: they count the last day's failures (a rolling
+    # window from the latest failure), so nobody gets 4 more tries after each real sign-in.
     dob_failures: Mapped[int] = mapped_column(default=0)
+    dob_failed_at: Mapped[datetime | None]
     sms_failures: Mapped[int] = mapped_column(default=0)
+    sms_failed_at: Mapped[datetime | None]
     locked_until: Mapped[datetime | None]
 
     studies: Mapped[list[ShareStudy]] = relationship(
