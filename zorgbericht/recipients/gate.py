@@ -13,6 +13,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from typing import NoReturn
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, func, or_, select, update
@@ -188,24 +189,7 @@ def check_birth_date(
     if share.birth_date is None or not hmac.compare_digest(
         share.birth_date.isoformat(), birth_date.isoformat()
     ):
-        share.dob_failures = _count_failure(share.dob_failures, share.dob_failed_at, gate.now)
-        share.dob_failed_at = gate.now
-        _event(
-            session,
-            gate,
-            audit.Ev.birth_date_wrong,
-            share,
-            audit.Outcome.minor_failure,
-            failures=share.dob_failures,
-        )
-        if share.dob_failures >= MAX_FAILURES:
-            share.locked_until = gate.now + gate.settings.recipient_lock
-            share.dob_failures = 0
-            _event(session, gate, audit.Ev.birth_date_locked, share, audit.Outcome.serious_failure)
-            raise _locked(share.locked_until)
-        raise WrongAnswer(
-            "the date of birth is not right", attempts_left=MAX_FAILURES - share.dob_failures
-        )
+        _fail(session, gate, share, WRONG_BIRTH_DATE)
     row.birth_date_ok_at = gate.now
     # The SMS goes out before the event is written: writing it takes the audit chain's
     # lock, which must not wait on the SMS provider.
@@ -372,30 +356,52 @@ def check_code(
     if not (given.isdigit() and len(given) == 6) or not hmac.compare_digest(
         challenge.code_hmac, _code_hmac(challenge.id, given, gate.secret)
     ):
-        return _wrong_code(session, gate, share)
+        _fail(session, gate, share, WRONG_CODE)
     challenge.used_at = gate.now
     row.signed_in_at = gate.now
     _event(session, gate, audit.Ev.code_right, share)
     return row
 
 
-def _wrong_code(session: Session, gate: Gate, share: Share) -> RecipientSession:
-    share.sms_failures = _count_failure(share.sms_failures, share.sms_failed_at, gate.now)
-    share.sms_failed_at = gate.now
-    _event(
-        session,
-        gate,
-        audit.Ev.code_wrong,
-        share,
-        audit.Outcome.minor_failure,
-        failures=share.sms_failures,
-    )
-    if share.sms_failures >= MAX_FAILURES:
+@dataclass(frozen=True)
+class _Step:
+    """A gate step whose failures the share counts: its columns, events and message."""
+
+    counter: str
+    last_failed: str
+    wrong: audit.Ev
+    locked: audit.Ev
+    message: str
+
+
+WRONG_BIRTH_DATE = _Step(
+    "dob_failures",
+    "dob_failed_at",
+    audit.Ev.birth_date_wrong,
+    audit.Ev.birth_date_locked,
+    "the date of birth is not right",
+)
+WRONG_CODE = _Step(
+    "sms_failures",
+    "sms_failed_at",
+    audit.Ev.code_wrong,
+    audit.Ev.code_locked,
+    "the code is not right",
+)
+
+
+def _fail(session: Session, gate: Gate, share: Share, step: _Step) -> NoReturn:
+    """Count a wrong answer; the fifth in a day locks the share for everyone."""
+    count = _count_failure(getattr(share, step.counter), getattr(share, step.last_failed), gate.now)
+    setattr(share, step.counter, count)
+    setattr(share, step.last_failed, gate.now)
+    _event(session, gate, step.wrong, share, audit.Outcome.minor_failure, failures=count)
+    if count >= MAX_FAILURES:
         share.locked_until = gate.now + gate.settings.recipient_lock
-        share.sms_failures = 0
-        _event(session, gate, audit.Ev.code_locked, share, audit.Outcome.serious_failure)
+        setattr(share, step.counter, 0)
+        _event(session, gate, step.locked, share, audit.Outcome.serious_failure)
         raise _locked(share.locked_until)
-    raise WrongAnswer("the code is not right", attempts_left=MAX_FAILURES - share.sms_failures)
+    raise WrongAnswer(step.message, attempts_left=MAX_FAILURES - count)
 
 
 def require_signed_in(row: RecipientSession | None) -> RecipientSession:
