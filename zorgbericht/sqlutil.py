@@ -9,12 +9,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 
+def insert(session: Session, table: Any) -> Any:
+    """The INSERT construct of the session's dialect (both know ON CONFLICT)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
 def insert_ignore(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
     """INSERT rows, silently skipping those that hit a unique constraint."""
     if not rows:
         return
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    session.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
+    session.execute(insert(session, table).on_conflict_do_nothing(), rows)
 
 
 def upsert(
@@ -23,8 +28,7 @@ def upsert(
     """INSERT rows; on a conflict on ``keys`` overwrite the ``update`` columns."""
     if not rows:
         return
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table)
+    stmt = insert(session, table)
     stmt = stmt.on_conflict_do_update(
         index_elements=keys, set_={c: getattr(stmt.excluded, c) for c in update}
     )

@@ -14,13 +14,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import NoReturn
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from zorgbericht.audit import service as audit
+from zorgbericht.delivery.service import AMSTERDAM
 from zorgbericht.delivery.sms import SmsRejected, SmsSender, SmsUnavailable, render_sms
 from zorgbericht.errors import (
     Conflict,
@@ -38,9 +37,10 @@ from zorgbericht.settings import Settings
 from zorgbericht.shares import codes
 from zorgbericht.shares.models import Share, ShareState
 from zorgbericht.shares.service import effective_state
+from zorgbericht.sqlutil import insert
 from zorgbericht.tenants.models import Tenant
 
-AMSTERDAM = ZoneInfo("Europe/Amsterdam")
+ENDED_MESSAGE = "this link no longer works; ask the institution for a new one"
 MAX_FAILURES = 5
 CHECKS_PER_CODE = 5
 ENDED = (ShareState.expired, ShareState.revoked, ShareState.failed)
@@ -69,6 +69,32 @@ class Gate:
         return self.settings.secret_key.get_secret_value()
 
 
+def record_share_event(
+    session: Session,
+    actor: audit.Actor,
+    event: audit.Ev,
+    share: Share | None,
+    outcome: audit.Outcome = audit.Outcome.success,
+    study_uids: list[str] | None = None,
+    **details: object,
+) -> None:
+    """Audit a recipient event with the share's patient and studies (when there is a share)."""
+    if study_uids is None:
+        study_uids = [s.study_uid for s in share.studies] if share else []
+    audit.record(
+        session=session,
+        event=event,
+        actor=actor,
+        tenant_id=share.tenant_id if share else None,
+        outcome=outcome,
+        patient_id=share.patient_id if share else None,
+        bsn=share.bsn_last3 if share else None,
+        share_id=share.id if share else None,
+        study_uids=study_uids,
+        details=details,
+    )
+
+
 def _event(
     session: Session,
     gate: Gate,
@@ -77,18 +103,7 @@ def _event(
     outcome: audit.Outcome = audit.Outcome.success,
     **details: object,
 ) -> None:
-    audit.record(
-        session=session,
-        event=event,
-        actor=gate.actor,
-        tenant_id=share.tenant_id if share else None,
-        outcome=outcome,
-        patient_id=share.patient_id if share else None,
-        bsn=share.bsn_last3 if share else None,
-        share_id=share.id if share else None,
-        study_uids=[s.study_uid for s in share.studies] if share else (),
-        details=details,
-    )
+    record_share_event(session, gate.actor, event, share, outcome, **details)
 
 
 def open_link(
@@ -161,9 +176,7 @@ def _refuse_ended_or_locked(session: Session, gate: Gate, share: Share) -> None:
             reason=state.value,
         )
         # Said before the birth date is checked, so it does not name the institution.
-        raise Gone(
-            "this link no longer works; ask the institution for a new one", reason=state.value
-        )
+        raise Gone(ENDED_MESSAGE, reason=state.value)
     if share.locked_until is not None and share.locked_until > gate.now:
         raise _locked(share.locked_until)
 
@@ -208,9 +221,8 @@ def check_birth_date(
 
 def _probe_birth_date(session: Session, gate: Gate, row: RecipientSession) -> dict[str, object]:
     """A code that matches no share: wrong every time, locked after 5, like a real one."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     session.execute(  # parallel first tries: one row, then a row lock like a share's
-        dialect.insert(CodeProbe)
+        insert(session, CodeProbe)
         .values(code_hmac=row.code_hmac, dob_failures=0, updated_at=gate.now)
         .on_conflict_do_nothing()
     )

@@ -77,13 +77,9 @@ def _posting(request: Request, runtime: Runtime, row: RecipientSession | None) -
         raise Unauthorized("open the link again: this session has ended")
     expected = sessions.csrf_token(row, runtime.settings.secret_key.get_secret_value())
     given = request.headers.get(sessions.CSRF_HEADER, "")
-    if not given or not _same(given, expected):
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
         raise Forbidden("the CSRF token is missing or wrong; reload the page")
     return row
-
-
-def _same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def _gate(request: Request, runtime: Runtime) -> gate.Gate:

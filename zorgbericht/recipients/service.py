@@ -6,44 +6,21 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, selectinload
 
 from zorgbericht.audit import service as audit
 from zorgbericht.errors import Conflict, Gone, Invalid, NotFound, TooMany
-from zorgbericht.recipients.gate import ENDED, amsterdam_day
+from zorgbericht.recipients.gate import ENDED, ENDED_MESSAGE, amsterdam_day, record_share_event
 from zorgbericht.recipients.models import Download, RecipientSession, SeriesView
 from zorgbericht.recipients.reports import is_report
 from zorgbericht.shares.models import Share, ShareState
 from zorgbericht.shares.service import effective_state
+from zorgbericht.sqlutil import insert
 from zorgbericht.staging.models import Instance, PreviewState, Series, Study
 from zorgbericht.tenants.models import Tenant
 
 API = "/api/v1/recipient"
 FORMATS = ("dicom", "jpeg")
-
-
-def _record(
-    session: Session,
-    actor: audit.Actor,
-    event: audit.Ev,
-    share: Share,
-    outcome: audit.Outcome = audit.Outcome.success,
-    study_uids: list[str] | None = None,
-    **details: object,
-) -> None:
-    audit.record(
-        session=session,
-        event=event,
-        actor=actor,
-        tenant_id=share.tenant_id,
-        outcome=outcome,
-        patient_id=share.patient_id,
-        bsn=share.bsn_last3,
-        share_id=share.id,
-        study_uids=study_uids if study_uids is not None else [s.study_uid for s in share.studies],
-        details=details,
-    )
 
 
 def live_share(
@@ -52,11 +29,11 @@ def live_share(
     """The signed-in session's share; ``Gone`` once it has ended (revoked counts at once)."""
     share = session.get(Share, row.share_id)
     if share is None:
-        raise Gone("this link no longer works; ask the institution for a new one", reason="expired")
+        raise Gone(ENDED_MESSAGE, reason="expired")
     state = effective_state(share, now)
     if state in ENDED:
         tenant = session.get(Tenant, share.tenant_id)
-        _record(
+        record_share_event(
             session,
             actor,
             audit.Ev.recipient_refused,
@@ -65,7 +42,7 @@ def live_share(
             reason=state.value,
         )
         raise Gone(
-            "this link no longer works; ask the institution for a new one",
+            ENDED_MESSAGE,
             reason=state.value,
             institution=tenant.name if tenant else None,
         )
@@ -125,7 +102,7 @@ def list_studies(
     }
     if share.state == ShareState.ready:
         out["studies"] = [_study_out(study) for study in shared_studies(session, share)]
-        _record(session, actor, audit.Ev.studies_listed, share)
+        record_share_event(session, actor, audit.Ev.studies_listed, share)
     return out
 
 
@@ -200,9 +177,8 @@ def note_view(
     now: datetime,
 ) -> None:
     """Audit the first look at a series in this session (not every image paged through)."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     inserted = session.execute(
-        dialect.insert(SeriesView)
+        insert(session, SeriesView)
         .values(session_id=row.id, series_id=instance.series_id, viewed_at=now)
         .on_conflict_do_nothing()
         .returning(SeriesView.id)
@@ -211,7 +187,7 @@ def note_view(
         study_uid = session.scalar(
             select(Study.study_uid).join(Series).where(Series.id == instance.series_id)
         )
-        _record(
+        record_share_event(
             session,
             actor,
             audit.Ev.image_viewed,
@@ -225,7 +201,7 @@ def note_report(*, session: Session, share: Share, instance: Instance, actor: au
     study_uid = session.scalar(
         select(Study.study_uid).join(Series).where(Series.id == instance.series_id)
     )
-    _record(session, actor, audit.Ev.report_viewed, share, study_uids=[study_uid or ""])
+    record_share_event(session, actor, audit.Ev.report_viewed, share, study_uids=[study_uid or ""])
 
 
 @dataclass(frozen=True)
@@ -261,7 +237,7 @@ def refuse_when_spent(
     done = downloads_today(session, share.id, now)
     if done < limit:
         return
-    _record(
+    record_share_event(
         session,
         actor,
         audit.Ev.download_refused,
@@ -313,7 +289,7 @@ def reserve_download(
             created_at=now,
         )
     )
-    _record(
+    record_share_event(
         session,
         actor,
         audit.Ev.download_started,

@@ -7,10 +7,10 @@ import hmac
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from zorgbericht.recipients.models import ThrottleWindow
+from zorgbericht.sqlutil import insert
 
 
 def _key(scope: str, address: str, secret: str) -> str:
@@ -35,8 +35,7 @@ def hit(
     now: datetime,
 ) -> int:
     """Count one request from ``address`` in the current window; return the window's count."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(ThrottleWindow).values(
+    stmt = insert(session, ThrottleWindow).values(
         key=_key(scope, address, secret), window_start=window_start(now, window), hits=1
     )
     stmt = stmt.on_conflict_do_update(
