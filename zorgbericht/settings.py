@@ -9,9 +9,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+AUDIT_RETENTION_MINIMUM_DAYS = 5 * 365 + 2  # five years, leap days included
 PLACEHOLDER_SECRET = "change-me-in-production"  # noqa: S105 - refused in production below
 
 _ISO_DURATION = re.compile(
@@ -96,7 +97,26 @@ class Settings(BaseSettings):
     recipient_ip_limit: int = 40
     recipient_ip_window: Duration = timedelta(minutes=15)
     worker_interval_seconds: float = 2.0
+    # The audit trail is kept 5 years (NEN 7513 access logs); older events are removed.
+    audit_retention: Duration = timedelta(days=AUDIT_RETENTION_MINIMUM_DAYS)
+    # IHE ATNA forwarding of the trail (RFC 5424 syslog carrying DICOM PS3.15 A.5 XML):
+    # unset: off; tcp://host:port; tls://host:port (RFC 5425, checked against atna_ca_file,
+    # with a client certificate when atna_cert_file and atna_key_file are set).
+    atna_url: str | None = None
+    atna_ca_file: Path | None = None
+    atna_cert_file: Path | None = None
+    atna_key_file: Path | None = None
+    atna_source_id: str | None = None  # AuditSourceID; default: the DICOM AE title
+    atna_timeout_seconds: float = 10.0
+    atna_batch: int = 500
     log_level: str = "INFO"
+
+    @field_validator("atna_url")
+    @classmethod
+    def _atna_scheme(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"(tcp|tls)://[^/:]+:[0-9]{1,5}/?", value):
+            raise ValueError("ZB_ATNA_URL must look like tcp://host:port or tls://host:port")
+        return value or None
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
@@ -105,6 +125,8 @@ class Settings(BaseSettings):
                 raise ValueError("ZB_SECRET_KEY must be set to a real secret in production")
             if len(self.secret_key.get_secret_value()) < 32:
                 raise ValueError("ZB_SECRET_KEY must be at least 32 characters in production")
+            if self.audit_retention < timedelta(days=AUDIT_RETENTION_MINIMUM_DAYS):
+                raise ValueError("ZB_AUDIT_RETENTION must be at least 5 years in production")
         return self
 
     @cached_property

@@ -15,6 +15,7 @@ class AuditEvent(Base):
     __table_args__ = (
         Index("ix_audit_tenant_time", "tenant_id", "occurred_at"),
         Index("ix_audit_share", "share_id"),
+        Index("ix_audit_tenant_patient", "tenant_id", "patient_id"),
     )
 
     # seq is the position in the chain: assigned under the chain-head lock, gap-free.
@@ -41,10 +42,34 @@ class AuditEvent(Base):
 
 
 class AuditHead(Base):
-    """One row: the end of the chain. Updating it first serialises audit writers."""
+    """One row: the end of the chain. Updating it first serialises audit writers.
+
+    ``floor_seq`` and ``floor_hash`` are where the chain starts after the retention job
+    removed events older than the retention period: the last removed row's position and
+    hash. ``verify`` starts there, and the removal itself is an event in the chain.
+    """
 
     __tablename__ = "audit_head"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_hash: Mapped[str] = mapped_column(String(64))
+    floor_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    floor_hash: Mapped[str] = mapped_column(String(64), default="0" * 64, server_default="0" * 64)
+
+
+class AuditForward(Base):
+    """One row: how far the trail has been forwarded to the ATNA collector.
+
+    The position only moves after the collector took the events, so an unreachable
+    collector delays forwarding and never loses an event (the trail itself is the queue).
+    """
+
+    __tablename__ = "audit_forward"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(255))
+    forwarded_at: Mapped[datetime | None]
