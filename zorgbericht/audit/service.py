@@ -266,12 +266,19 @@ def _iter_rows(session: Session, batch: int) -> Iterator[AuditEvent]:
 
 
 def export(
-    *, session: Session, tenant_id: int | None, since: datetime | None, fmt: str
+    *,
+    session: Session,
+    tenant_id: int | None,
+    since: datetime | None,
+    fmt: str,
+    share_id: int | None = None,
 ) -> Iterator[str]:
-    """Yield the trail as JSON lines or CSV text, oldest first."""
+    """Yield the trail (or one share's part of it) as JSON lines or CSV text, oldest first."""
     query = select(AuditEvent).order_by(AuditEvent.seq)
     if tenant_id is not None:
         query = query.where(AuditEvent.tenant_id == tenant_id)
+    if share_id is not None:
+        query = query.where(AuditEvent.share_id == share_id)
     if since is not None:
         query = query.where(AuditEvent.occurred_at >= since)
     columns = [*_HASHED_FIELDS, "prev_hash", "hash"]
