@@ -363,18 +363,26 @@ def studies(
 
 @app.command()
 def purge() -> None:
-    """Expire and destroy what is due now (the worker also does this on its schedule)."""
+    """Expire and destroy what is due now, and the trail past retention (the worker does too)."""
     from zorgbericht.db import utcnow
     from zorgbericht.shares.purge import purge as run_purge
 
-    runtime = _runtime()
+    runtime, now = _runtime(), utcnow()
     with transaction(runtime.sessions) as session:
-        report = run_purge(
-            session=session, store=runtime.store, settings=runtime.settings, now=utcnow()
-        )
+        report = run_purge(session=session, store=runtime.store, settings=runtime.settings, now=now)
+    removed = 0
+    while True:  # the trail's retention, in bounded transactions
+        with transaction(runtime.sessions) as session:
+            batch = audit.prune(
+                session=session, now=now, retention=runtime.settings.audit_retention
+            )
+        removed += batch
+        if not batch:
+            break
     typer.echo(
         f"expired {report.expired} shares; purged {report.shares_purged} shares and "
-        f"{report.studies_purged} studies ({report.objects_deleted} objects)"
+        f"{report.studies_purged} studies ({report.objects_deleted} objects); "
+        f"removed {removed} audit events past retention"
     )
 
 

@@ -1,4 +1,5 @@
-"""The background scheduler: stable studies, share progress, expiry and purge, the outbox."""
+"""The background scheduler: stable studies, share progress, expiry and purge, the outbox,
+the audit trail's retention."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
+from zorgbericht.audit import service as audit
 from zorgbericht.db import transaction, utcnow
 from zorgbericht.delivery import service as delivery
 from zorgbericht.recipients import gate
@@ -38,6 +40,8 @@ def run_once(runtime: Runtime, now: datetime | None = None) -> int:
         report = purge(session=session, store=runtime.store, settings=runtime.settings, now=now)
     with transaction(runtime.sessions) as session:
         gate.forget_stale(session=session, now=now, max_age=runtime.settings.recipient_max_age)
+    with transaction(runtime.sessions) as session:
+        audit.prune(session=session, now=now, retention=runtime.settings.audit_retention)
     if report.expired or report.shares_purged or report.studies_purged:
         log.info("purge: %s", report)
     delivery.send_due(

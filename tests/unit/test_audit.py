@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from zorgbericht.audit import service as audit
 from zorgbericht.audit.models import AuditEvent
-from zorgbericht.db import transaction
+from zorgbericht.db import transaction, utcnow
 from zorgbericht.runtime import Runtime
 
 pytestmark = pytest.mark.peers  # runs on SQLite and on the PostgreSQL peer
@@ -112,3 +114,69 @@ def test_export_writes_jsonl_and_csv_for_one_tenant(runtime: Runtime) -> None:
     assert csv_lines.splitlines()[0].startswith("seq,occurred_at")
     assert len(csv_lines.splitlines()) == 4
     assert "123456782" not in "".join(lines) + csv_lines
+
+
+def _prune(runtime: Runtime, now: datetime, limit: int = 10_000) -> int:
+    with transaction(runtime.sessions) as db:
+        return audit.prune(session=db, now=now, retention=RETENTION, limit=limit)
+
+
+RETENTION = timedelta(days=5 * 365 + 2)
+
+
+def test_retention_removes_only_events_past_five_years_and_the_chain_still_verifies(
+    runtime: Runtime,
+) -> None:
+    _write(runtime, 3)
+    between = utcnow()
+    _write(runtime, 2)
+    assert _prune(runtime, between + RETENTION - timedelta(seconds=1)) == 0
+    assert _prune(runtime, between + RETENTION) == 3
+    with runtime.sessions() as db:
+        seqs = db.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq)).all()
+        pruned = db.get(AuditEvent, 6)
+        report = audit.verify(session=db)
+    assert seqs == [4, 5, 6]
+    assert pruned is not None and pruned.event == "audit.pruned" and pruned.event_code == "110105"
+    assert pruned.details["through_seq"] == 3 and pruned.details["removed"] == 3
+    assert report.ok and report.checked == 3
+
+
+def test_retention_removes_in_batches(runtime: Runtime) -> None:
+    _write(runtime, 5)
+    later = utcnow() + RETENTION + timedelta(days=1)
+    removed = [_prune(runtime, later, limit=2) for _ in range(3)]
+    with runtime.sessions() as db:
+        assert audit.verify(session=db).ok
+    # each run also adds its own record, old enough for the next run to remove
+    assert removed == [2, 2, 2]
+
+
+def test_the_database_refuses_deletes_above_the_floor(runtime: Runtime) -> None:
+    _write(runtime, 4)
+    _prune(runtime, utcnow() + RETENTION, limit=2)
+    with pytest.raises(DBAPIError, match="append-only"), runtime.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_event WHERE seq = 3"))
+
+
+def test_a_floor_moved_without_a_retention_record_is_detected(runtime: Runtime) -> None:
+    _write(runtime, 4)
+    _prune(runtime, utcnow() + RETENTION, limit=2)
+    _drop_guard(runtime)
+    with runtime.engine.begin() as conn:  # hide row 3 and pretend retention removed it
+        row3_hash = conn.execute(text("SELECT hash FROM audit_event WHERE seq = 3")).scalar()
+        conn.execute(text("DELETE FROM audit_event WHERE seq = 3"))
+        conn.execute(text("UPDATE audit_head SET floor_seq = 3, floor_hash = :h"), {"h": row3_hash})
+    with runtime.sessions() as db:
+        report = audit.verify(session=db)
+    assert report.first_broken_seq == 4 and "retention record" in (report.reason or "")
+
+
+def test_rows_removed_below_an_unmoved_floor_are_detected(runtime: Runtime) -> None:
+    _write(runtime, 4)
+    _prune(runtime, utcnow() + RETENTION, limit=2)
+    _drop_guard(runtime)
+    with runtime.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_event WHERE seq = 3"))
+    with runtime.sessions() as db:
+        assert audit.verify(session=db).first_broken_seq == 3

@@ -9,9 +9,9 @@ import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from zorgbericht.audit.models import AuditEvent, AuditHead
@@ -236,9 +236,15 @@ class ChainReport:
 
 
 def verify(*, session: Session, batch: int = 5000) -> ChainReport:
-    """Walk the whole chain; report the first row whose hash, link or position is wrong."""
-    expected_prev, expected_seq, checked = GENESIS, 1, 0
-    for row in _iter_rows(session, batch):
+    """Walk the chain from its floor; report the first row whose hash, link or position is wrong.
+
+    After the retention job the chain starts past the removed rows: at the head's floor,
+    which the newest ``audit.pruned`` event in the chain must confirm.
+    """
+    head = session.get(AuditHead, 1)
+    floor_seq, floor_hash = (head.floor_seq, head.floor_hash) if head else (0, GENESIS)
+    expected_prev, expected_seq, checked = floor_hash, floor_seq + 1, 0
+    for row in _iter_rows(session, batch, after=floor_seq):
         if row.seq != expected_seq:
             return ChainReport(checked, expected_seq, f"row {expected_seq} is missing")
         if row.prev_hash != expected_prev:
@@ -246,14 +252,96 @@ def verify(*, session: Session, batch: int = 5000) -> ChainReport:
         if row_hash(row) != row.hash:
             return ChainReport(checked, row.seq, "content does not match its hash")
         expected_prev, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
-    head = session.get(AuditHead, 1)
-    if head is not None and (head.seq != checked or head.last_hash != expected_prev):
-        return ChainReport(checked, checked + 1, "rows after this point were removed")
+    last = expected_seq - 1
+    if head is not None and (head.seq != last or head.last_hash != expected_prev):
+        return ChainReport(checked, expected_seq, "rows after this point were removed")
+    if floor_seq and not _floor_confirmed(session, floor_seq, floor_hash):
+        return ChainReport(
+            checked, floor_seq + 1, "the chain's start moved without a retention record"
+        )
     return ChainReport(checked, None, None)
 
 
-def _iter_rows(session: Session, batch: int) -> Iterator[AuditEvent]:
-    last = 0
+def _floor_confirmed(session: Session, floor_seq: int, floor_hash: str) -> bool:
+    """The newest retention event (itself in the verified chain) names this floor."""
+    pruned = session.scalar(
+        select(AuditEvent)
+        .where(AuditEvent.event == Ev.audit_pruned.event_name)
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
+    )
+    return (
+        pruned is not None
+        and pruned.details.get("through_seq") == floor_seq
+        and pruned.details.get("through_hash") == floor_hash
+    )
+
+
+def prune(*, session: Session, now: datetime, retention: timedelta, limit: int = 10_000) -> int:
+    """Remove the oldest events past the retention period, at most ``limit``; audited.
+
+    The head row is locked first, so one job prunes at a time and writers queue behind it.
+    The floor moves before the delete: the database refuses deletes above the floor.
+    """
+    cutoff = now - retention
+    span = _prunable(session, cutoff, limit)
+    if span is None:
+        return 0
+    floor, last = span
+    through, removed, through_hash = last.seq, last.seq - floor, last.hash
+    record(
+        session=session,
+        event=Ev.audit_pruned,
+        actor=SYSTEM,
+        tenant_id=None,
+        details={
+            "through_seq": through,
+            "through_hash": through_hash,
+            "removed": removed,
+            "older_than": cutoff.isoformat(timespec="seconds"),
+        },
+    )
+    session.execute(
+        update(AuditHead)
+        .where(AuditHead.id == 1)
+        .values(floor_seq=through, floor_hash=through_hash)
+    )
+    session.execute(
+        delete(AuditEvent)
+        .where(AuditEvent.seq > floor, AuditEvent.seq <= through)
+        .execution_options(synchronize_session=False)
+    )
+    return removed
+
+
+def _prunable(session: Session, cutoff: datetime, limit: int) -> tuple[int, AuditEvent] | None:
+    """The current floor and the last row to remove, under the chain's lock; None if none."""
+    floor = session.scalar(select(AuditHead.floor_seq).where(AuditHead.id == 1))
+    oldest = session.scalar(
+        select(AuditEvent.occurred_at).where(AuditEvent.seq == (floor or 0) + 1)
+    )
+    if oldest is None or oldest >= cutoff:
+        return None  # the usual answer, found without taking the chain's lock
+    head = session.scalar(select(AuditHead).where(AuditHead.id == 1).with_for_update())
+    assert head is not None
+    floor, end = head.floor_seq, head.seq
+    young = session.scalar(
+        select(func.min(AuditEvent.seq)).where(
+            AuditEvent.seq > floor,
+            AuditEvent.seq <= floor + limit,
+            AuditEvent.occurred_at >= cutoff,
+        )
+    )
+    through = min(floor + limit, end, (young or end + 1) - 1)
+    if through <= floor:
+        return None
+    last = session.get(AuditEvent, through)
+    assert last is not None, "verify the chain: a row below the head is missing"
+    return floor, last
+
+
+def _iter_rows(session: Session, batch: int, after: int = 0) -> Iterator[AuditEvent]:
+    last = after
     while True:
         rows = session.scalars(
             select(AuditEvent).where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(batch)

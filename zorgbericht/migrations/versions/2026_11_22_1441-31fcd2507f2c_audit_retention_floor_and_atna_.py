@@ -40,8 +40,11 @@ def upgrade() -> None:
             sa.Column("floor_hash", sa.String(length=64), server_default="0" * 64, nullable=False)
         )
 
+    _deletes_below_the_floor_only()
+
 
 def downgrade() -> None:
+    _no_deletes_at_all()
     with op.batch_alter_table("audit_head", schema=None) as batch_op:
         batch_op.drop_column("floor_hash")
         batch_op.drop_column("floor_seq")
@@ -50,3 +53,35 @@ def downgrade() -> None:
         batch_op.drop_index("ix_audit_tenant_patient")
 
     op.drop_table("audit_forward")
+
+
+def _deletes_below_the_floor_only() -> None:
+    """Let the retention job remove rows it moved the floor past; nothing else, no update."""
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            "CREATE OR REPLACE FUNCTION audit_event_append_only() RETURNS trigger AS $$ BEGIN "
+            "IF TG_OP = 'DELETE' AND OLD.seq <= (SELECT floor_seq FROM audit_head WHERE id = 1) "
+            "THEN RETURN OLD; END IF; RAISE EXCEPTION 'audit_event is append-only'; END; $$ "
+            "LANGUAGE plpgsql"
+        )
+        return
+    op.execute("DROP TRIGGER audit_event_no_delete")
+    op.execute(
+        "CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event "
+        "WHEN OLD.seq > (SELECT floor_seq FROM audit_head WHERE id = 1) "
+        "BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END"
+    )
+
+
+def _no_deletes_at_all() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            "CREATE OR REPLACE FUNCTION audit_event_append_only() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'audit_event is append-only'; END; $$ LANGUAGE plpgsql"
+        )
+        return
+    op.execute("DROP TRIGGER audit_event_no_delete")
+    op.execute(
+        "CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event "
+        "BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END"
+    )
