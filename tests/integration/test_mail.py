@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from infra.peers import free_port
-from tests.integration.test_shares import body, stage
+from tests.integration.test_shares import body, events, stage
 from zorgbericht import worker
 from zorgbericht.app import create_app
 from zorgbericht.db import transaction, utcnow
@@ -100,6 +100,13 @@ def test_a_refusing_relay_delays_the_mail_which_then_arrives_exactly_once(
         mail.get_body(("plain",)).get_content()
     )
     assert _outbox(runtime).state == "sent" and _outbox(runtime).attempts == 4
+    trail = [(e.event, e.outcome, e.details.get("reason")) for e in events(runtime, share["id"])]
+    mail_events = [t for t in trail if t[0].startswith("mail.")]
+    assert mail_events == [
+        ("mail.queued", 0, None),
+        *[("mail.failed", 4, "SMTPDataError 451")] * 3,
+        ("mail.sent", 0, None),
+    ]
 
 
 def test_no_relay_at_all_keeps_the_mail_for_later(

@@ -262,10 +262,25 @@ def _send_one(
 
 
 def _retry_later(session: Session, message: OutboxMessage, reason: str, now: datetime) -> None:
+    """Keep the message for a later attempt; the failed attempt is in the trail."""
     message.attempts += 1
     message.last_error = reason[:255]
     delay = min(30 * 2 ** (message.attempts - 1), 3600)
     message.next_attempt_at = now + timedelta(seconds=delay)
+    audit.record(
+        session=session,
+        event=audit.Ev.mail_failed,
+        actor=audit.SYSTEM,
+        tenant_id=message.tenant_id,
+        share_id=message.share_id,
+        outcome=audit.Outcome.minor_failure,
+        details={
+            "outbox_id": message.id,
+            "attempts": message.attempts,
+            "reason": message.last_error,
+            "retry_at": message.next_attempt_at.isoformat(timespec="seconds"),
+        },
+    )
     log.warning(
         "mail %d not sent (%s); attempt %d, next in %ds",
         message.id,
