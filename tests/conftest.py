@@ -136,4 +136,5 @@ def node(runtime: Runtime, tenant_id: int) -> Iterator[Node]:
     stop_node(started)
 
 
+from tests.syslog_receiver import syslog_pki, syslog_receiver  # noqa: E402, F401 - ATNA collector
 from tests.twilio_standin import twilio_standin  # noqa: E402, F401 - fixture for every test
