@@ -269,15 +269,16 @@ class SyslogReceiver:
     def _handshake(self, conn: socket.socket) -> tuple[str | None, socket.socket]:
         if self._context is None:
             return None, conn
-        tls = self._context.wrap_socket(conn, server_side=True)
+        tls = self._context.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False)
         subject = dict(item[0] for item in (tls.getpeercert() or {}).get("subject", ()))
         return subject.get("commonName"), tls
 
     def _close_in_order(self, conn: socket.socket) -> None:
-        if isinstance(conn, ssl.SSLSocket):
-            conn.unwrap()  # answer the sender's close_notify (RFC 5425 4.4)
+        """Count an orderly end from the sender; over TLS answer its close_notify (RFC 5425 4.4)."""
         with self._lock:
             self.closed_in_order += 1
+        if isinstance(conn, ssl.SSLSocket):
+            conn.unwrap()
 
 
 def _server_context(pki: Pki, rogue: bool) -> ssl.SSLContext:

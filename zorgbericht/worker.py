@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
+from zorgbericht.audit import atna
 from zorgbericht.audit import service as audit
 from zorgbericht.db import transaction, utcnow
 from zorgbericht.delivery import service as delivery
@@ -47,6 +48,7 @@ def run_once(runtime: Runtime, now: datetime | None = None) -> int:
     delivery.send_due(
         sessions=runtime.sessions, mailer=runtime.mailer, sender=runtime.settings.mail_from, now=now
     )
+    atna.forward_due(sessions=runtime.sessions, settings=runtime.settings, now=now)
     return len(settled)
 
 

@@ -24,9 +24,10 @@ import socket
 import ssl
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
@@ -39,6 +40,7 @@ from zorgbericht.sqlutil import insert_ignore
 from zorgbericht.tenants.models import Tenant
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 PRI = b"<85>"  # facility 10 * 8 + severity 5 (ITI TF-2 3.20.4.1.2)
 MSGID = b"IHE+RFC-3881"
@@ -197,28 +199,23 @@ def send(settings: Settings, frames: Sequence[bytes], *, deadline: float) -> Non
     value after which the batch is given up.
     """
     try:
-        with _connection(settings) as conn:
+        with _connection(settings) as stream:
             for frame in frames:
                 if time.monotonic() > deadline:
                     raise CollectorError("the batch took longer than its lease")
-                conn.sendall(frame)
-            _close_in_order(conn)
+                stream.sendall(frame)
+            stream.close_in_order()
     except OSError as exc:  # ssl.SSLError and socket.timeout are OSErrors too
         raise CollectorError(_reason(exc)) from exc
 
 
 @contextmanager
-def _connection(settings: Settings) -> Iterator[socket.socket]:
+def _connection(settings: Settings) -> Iterator[_Tcp | _Tls]:
     assert settings.atna_url
     url = urlsplit(settings.atna_url)
     host, port = url.hostname or "", url.port or 0
-    conn = socket.create_connection((host, port), timeout=settings.atna_timeout_seconds)
-    try:
-        if url.scheme == "tls":
-            conn = tls_context(settings).wrap_socket(conn, server_hostname=host)
-        yield conn
-    finally:
-        conn.close()
+    with socket.create_connection((host, port), timeout=settings.atna_timeout_seconds) as sock:
+        yield _Tls(sock, tls_context(settings), host) if url.scheme == "tls" else _Tcp(sock)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
@@ -232,16 +229,62 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-def _close_in_order(conn: socket.socket) -> None:
-    if isinstance(conn, ssl.SSLSocket):
-        # Our close_notify, then the collector's; a plain close instead (a ragged EOF) also
-        # comes only after it read our close_notify, so after every frame before it.
-        with suppress(ssl.SSLEOFError):
-            conn.unwrap()
-        return
-    conn.shutdown(socket.SHUT_WR)
-    while conn.recv(4096):
-        pass  # a collector does not answer; whatever it sends is not ours to read
+class _Tcp:
+    """Plain TCP (RFC 6587): a half-close, then wait for the collector to close too."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close_in_order(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+        while self.sock.recv(4096):
+            pass  # a collector does not answer; whatever it sends is not ours to read
+
+
+class _Tls:
+    """TLS through memory buffers, so the collector's close_notify is seen, not assumed.
+
+    ``SSLSocket.unwrap()`` may return before the peer's close_notify arrived (it gives up
+    after two tries of SSL_shutdown, e.g. while TLS 1.3 session tickets come in); reading
+    on until OpenSSL reports the close_notify makes the confirmation real.
+    """
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, host: str) -> None:
+        self.sock, self.incoming, self.outgoing = sock, ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=host)
+        self._pump(self.tls.do_handshake)
+
+    def sendall(self, data: bytes) -> None:
+        self._pump(lambda: self.tls.write(data))
+
+    def close_in_order(self) -> None:
+        try:
+            self._pump(self.tls.unwrap)  # sends our close_notify
+            while self._pump(lambda: self.tls.read(4096)):
+                pass  # nothing is expected from a collector; read on to its close_notify
+        except ssl.SSLZeroReturnError:
+            pass  # the collector's close_notify
+
+    def _pump(self, operation: Callable[[], _T]) -> _T:
+        while True:
+            try:
+                result = operation()
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ssl.SSLEOFError("the collector closed without close_notify") from None
+                self.incoming.write(data)
+                continue
+            self._flush()
+            return result
+
+    def _flush(self) -> None:
+        if data := self.outgoing.read():
+            self.sock.sendall(data)
 
 
 def _reason(exc: BaseException) -> str:
@@ -320,7 +363,8 @@ def _frames(
     session: Session, settings: Settings, events: Sequence[AuditEvent], now: datetime
 ) -> list[bytes]:
     tenant_ids = {e.tenant_id for e in events if e.tenant_id is not None}
-    slugs = dict(session.execute(select(Tenant.id, Tenant.slug).where(Tenant.id.in_(tenant_ids))))
+    rows = session.execute(select(Tenant.id, Tenant.slug).where(Tenant.id.in_(tenant_ids)))
+    slugs = {tenant_id: slug for tenant_id, slug in rows}
     source_id = settings.atna_source_id or settings.dicom_ae_title
     hostname, procid = socket.gethostname(), str(os.getpid())
     return [

@@ -1,0 +1,265 @@
+"""Forwarding the audit trail to a local ATNA collector over TCP and TLS, on both databases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from lxml import etree
+from sqlalchemy import select
+
+from infra.peers import free_port
+from tests.conftest import make_settings
+from tests.syslog_receiver import Message, Pki, SyslogReceiver
+from zorgbericht import worker
+from zorgbericht.audit import atna
+from zorgbericht.audit import service as audit
+from zorgbericht.audit.models import AuditEvent, AuditForward
+from zorgbericht.db import transaction
+from zorgbericht.runtime import Runtime, build_runtime
+from zorgbericht.settings import Settings
+from zorgbericht.tenants import service as tenants
+
+SCHEMA = etree.RelaxNG(etree.parse(str(Path(__file__).parents[1] / "data/dicom-audit-message.rng")))
+T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+PATIENT = "PAT-7781"
+STUDY = "1.2.826.0.1.3680043.8.498.77"
+
+Receivers = Callable[..., SyslogReceiver]
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, database_url: str) -> Iterator[Runtime]:
+    storage = {"storage_url": (tmp_path / "objects").as_uri()}
+    rt = build_runtime(make_settings(tmp_path, database_url, storage))
+    yield rt
+    rt.close()
+
+
+def with_collector(runtime: Runtime, url: str, pki: Pki | None = None, **more: object) -> Settings:
+    values: dict[str, object] = {"atna_url": url, "atna_timeout_seconds": 5.0, **more}
+    if pki is not None:
+        values |= {
+            "atna_ca_file": pki.ca,
+            "atna_cert_file": pki.client_cert,
+            "atna_key_file": pki.client_key,
+        }
+    return runtime.settings.model_copy(update=values)
+
+
+def record_events(runtime: Runtime, count: int) -> list[int]:
+    """A tenant made through its service, then ``count`` share events; the trail's seqs."""
+    with transaction(runtime.sessions) as session:
+        tenant = tenants.create_tenant(session=session, slug="acme", name="Acme", ae_titles=["X"])
+        for n in range(count):
+            audit.record(
+                session=session,
+                event=audit.Ev.share_viewed,
+                actor=audit.Actor("staff", f"staff:{n}", ip="127.0.0.1"),
+                tenant_id=tenant.id,
+                patient_id=PATIENT,
+                share_id=n,
+                study_uids=[STUDY],
+            )
+    return trail(runtime)
+
+
+def trail(runtime: Runtime) -> list[int]:
+    with transaction(runtime.sessions) as session:
+        return list(session.scalars(select(AuditEvent.seq).order_by(AuditEvent.seq)))
+
+
+def position(runtime: Runtime) -> AuditForward:
+    with transaction(runtime.sessions) as session:
+        row = session.get(AuditForward, 1)
+        assert row is not None
+        return row
+
+
+def forward_all(runtime: Runtime, settings: Settings, now: datetime = T0) -> int:
+    total = 0
+    while taken := atna.forward_due(sessions=runtime.sessions, settings=settings, now=now):
+        total += taken
+    return total
+
+
+def documents(messages: list[Message]) -> list[etree._Element]:
+    roots = [etree.fromstring(m.msg) for m in messages]
+    for root in roots:
+        assert SCHEMA.validate(root), SCHEMA.error_log
+    return roots
+
+
+def share_ids_sent(roots: list[etree._Element]) -> list[str]:
+    return [r.find("EventIdentification/EventTypeCode").get("csd-code") for r in roots]
+
+
+def test_every_event_reaches_the_collector_once_and_in_order_over_tcp(
+    runtime: Runtime, syslog_receiver: Receivers
+) -> None:
+    seqs = record_events(runtime, 6)
+    receiver = syslog_receiver()
+    settings = with_collector(runtime, receiver.url, atna_batch=3)
+
+    assert forward_all(runtime, settings) == len(seqs)
+    assert forward_all(runtime, settings) == 0  # nothing twice
+
+    messages = receiver.wait_for(len(seqs))
+    assert len(messages) == len(seqs)
+    assert [m.connection for m in messages] == [1, 1, 1, 2, 2, 2, 3][: len(seqs)]
+    assert receiver.closed_in_order == 3
+    assert {(m.pri, m.msgid, m.app_name, m.bom) for m in messages} == {
+        (85, "IHE+RFC-3881", "zorgbericht", False)
+    }
+    roots = documents(messages)
+    assert share_ids_sent(roots) == ["tenant.created"] + ["share.viewed"] * 6
+    shares = [r for r in roots if r.find("EventIdentification/EventID").get("csd-code") == "110110"]
+    patient = shares[-1].find("ParticipantObjectIdentification[@ParticipantObjectTypeCode='1']")
+    assert patient.get("ParticipantObjectID") == PATIENT
+    study = shares[-1].find("ParticipantObjectIdentification[@ParticipantObjectTypeCode='2']")
+    assert study.get("ParticipantObjectID") == STUDY
+    assert shares[-1].find("AuditSourceIdentification").attrib == {
+        "AuditEnterpriseSiteID": "acme",
+        "AuditSourceID": runtime.settings.dicom_ae_title,
+    }
+    row = position(runtime)
+    assert (row.seq, row.attempts, row.last_error, row.forwarded_at) == (seqs[-1], 0, None, T0)
+
+
+def test_the_worker_forwards_over_tls_with_a_client_certificate(
+    tmp_path: Path, database_url: str, syslog_pki: Pki, syslog_receiver: Receivers
+) -> None:
+    receiver = syslog_receiver(pki=syslog_pki)
+    storage = {"storage_url": (tmp_path / "objects").as_uri()}
+    settings = make_settings(tmp_path, database_url, storage, atna_url=receiver.url)
+    rt = build_runtime(with_collector_settings(settings, syslog_pki))
+    try:
+        seqs = record_events(rt, 3)
+        worker.run_once(rt, now=T0)
+        messages = receiver.wait_for(len(seqs))
+    finally:
+        rt.close()
+    assert len(messages) == len(seqs)
+    assert {m.peer_cn for m in messages} == {"zorgbericht-client"}
+    assert receiver.closed_in_order == 1  # close_notify both ways (RFC 5425 4.4)
+    assert share_ids_sent(documents(messages)) == ["tenant.created"] + ["share.viewed"] * 3
+
+
+def with_collector_settings(settings: Settings, pki: Pki) -> Settings:
+    return settings.model_copy(
+        update={
+            "atna_ca_file": pki.ca,
+            "atna_cert_file": pki.client_cert,
+            "atna_key_file": pki.client_key,
+        }
+    )
+
+
+def test_a_collector_that_is_down_delays_forwarding_and_loses_nothing(
+    runtime: Runtime, syslog_receiver: Receivers
+) -> None:
+    seqs = record_events(runtime, 4)
+    port = free_port()
+    settings = with_collector(runtime, f"tcp://localhost:{port}")
+
+    assert atna.forward_due(sessions=runtime.sessions, settings=settings, now=T0) == 0
+    row = position(runtime)
+    assert (row.seq, row.attempts, row.next_attempt_at) == (0, 1, T0 + timedelta(seconds=5))
+    assert row.last_error and "ConnectionRefusedError" in row.last_error
+    assert PATIENT not in row.last_error
+
+    assert (
+        atna.forward_due(
+            sessions=runtime.sessions, settings=settings, now=T0 + timedelta(seconds=4)
+        )
+        == 0
+    )
+    assert position(runtime).attempts == 1  # not yet due: no attempt made
+
+    later = T0 + timedelta(seconds=6)
+    assert atna.forward_due(sessions=runtime.sessions, settings=settings, now=later) == 0
+    row = position(runtime)
+    assert (row.attempts, row.next_attempt_at) == (2, later + timedelta(seconds=10))
+
+    receiver = syslog_receiver(port=port)
+    back = later + timedelta(seconds=10)
+    assert forward_all(runtime, settings, now=back) == len(seqs)
+    messages = receiver.wait_for(len(seqs))
+    assert len(messages) == len(seqs)
+    row = position(runtime)
+    assert (row.seq, row.attempts, row.last_error, row.next_attempt_at) == (seqs[-1], 0, None, None)
+
+
+def test_a_tls_collector_not_signed_by_the_configured_ca_is_refused(
+    runtime: Runtime, syslog_pki: Pki, syslog_receiver: Receivers
+) -> None:
+    record_events(runtime, 2)
+    receiver = syslog_receiver(pki=syslog_pki, rogue=True)
+    settings = with_collector(runtime, receiver.url, syslog_pki)
+
+    assert atna.forward_due(sessions=runtime.sessions, settings=settings, now=T0) == 0
+    row = position(runtime)
+    assert (row.seq, row.attempts) == (0, 1)
+    assert row.last_error and "CERTIFICATE_VERIFY_FAILED" in row.last_error
+    assert receiver.messages == []
+
+
+def test_a_tls_collector_refuses_us_without_a_client_certificate(
+    runtime: Runtime, syslog_pki: Pki, syslog_receiver: Receivers
+) -> None:
+    record_events(runtime, 2)
+    receiver = syslog_receiver(pki=syslog_pki)
+    settings = with_collector(runtime, receiver.url, atna_ca_file=syslog_pki.ca)
+
+    assert atna.forward_due(sessions=runtime.sessions, settings=settings, now=T0) == 0
+    row = position(runtime)
+    assert (row.seq, row.attempts) == (0, 1)
+    assert receiver.messages == []
+
+
+def test_forwarding_starts_after_events_removed_by_retention(
+    runtime: Runtime, syslog_receiver: Receivers
+) -> None:
+    record_events(runtime, 3)
+    years_later = datetime.now(UTC) + timedelta(days=6 * 365)
+    with transaction(runtime.sessions) as session:
+        removed = audit.prune(
+            session=session, now=years_later, retention=runtime.settings.audit_retention
+        )
+    assert removed == 4
+    receiver = syslog_receiver()
+    settings = with_collector(runtime, receiver.url)
+
+    assert forward_all(runtime, settings) == 1
+    (message,) = receiver.wait_for(1)
+    assert share_ids_sent(documents([message])) == ["audit.pruned"]
+
+
+def test_a_forwarder_whose_lease_ran_out_does_not_move_the_position(runtime: Runtime) -> None:
+    seqs = record_events(runtime, 2)
+    with transaction(runtime.sessions) as session:
+        session.add(AuditForward(id=1, seq=seqs[0], attempts=0))
+    atna._settle(runtime.sessions, start=0, through=seqs[-1], error=None, now=T0)
+    assert position(runtime).seq == seqs[0]
+
+
+def test_only_one_process_forwards_at_a_time(
+    tmp_path: Path, pg: object, syslog_receiver: Receivers
+) -> None:
+    url = pg.create_database("t_atna_lock")  # type: ignore[attr-defined]
+    rt = build_runtime(make_settings(tmp_path, url, {"storage_url": (tmp_path / "o").as_uri()}))
+    try:
+        record_events(rt, 2)
+        receiver = syslog_receiver()
+        settings = with_collector(rt, receiver.url)
+        with transaction(rt.sessions) as holder:
+            holder.add(AuditForward(id=1, seq=0, attempts=0))
+        with transaction(rt.sessions) as holder:
+            holder.scalar(select(AuditForward).with_for_update())
+            assert atna.forward_due(sessions=rt.sessions, settings=settings, now=T0) == 0
+        assert receiver.messages == []
+        assert forward_all(rt, settings) == 3
+    finally:
+        rt.close()
