@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zorgbericht import worker
+from zorgbericht.audit import atna
 from zorgbericht.audit import service as audit
 from zorgbericht.db import transaction, utcnow
 from zorgbericht.errors import DomainError
@@ -430,6 +431,18 @@ def audit_export(
             tenant_id=tenant_id,
             details={"format": fmt, "since": since.isoformat() if since else None},
         )
+
+
+@audit_app.command("forward")
+def audit_forward() -> None:
+    """Send the trail to the ATNA collector (ZB_ATNA_URL) now; print how many events it took."""
+    runtime = _runtime()
+    if not runtime.settings.atna_url:
+        raise _fail("ZB_ATNA_URL is not set: there is no ATNA collector to forward to")
+    sent, error = atna.forward_backlog(sessions=runtime.sessions, settings=runtime.settings)
+    typer.echo(f"forwarded {sent} audit events")
+    if error:
+        raise _fail(f"the collector did not take the rest: {error}")
 
 
 # -- demo ------------------------------------------------------------------------------

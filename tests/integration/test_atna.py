@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -263,3 +266,37 @@ def test_only_one_process_forwards_at_a_time(
         assert forward_all(rt, settings) == 3
     finally:
         rt.close()
+
+
+def test_the_audit_forward_command_sends_the_backlog_and_says_how_many(
+    tmp_path: Path, syslog_pki: Pki, syslog_receiver: Receivers
+) -> None:
+    receiver = syslog_receiver(pki=syslog_pki)
+    env = {
+        **os.environ,
+        "ZB_DATA_DIR": str(tmp_path / "var"),
+        "ZB_ATNA_URL": receiver.url,
+        "ZB_ATNA_CA_FILE": str(syslog_pki.ca),
+        "ZB_ATNA_CERT_FILE": str(syslog_pki.client_cert),
+        "ZB_ATNA_KEY_FILE": str(syslog_pki.client_key),
+        "ZB_ATNA_BATCH": "1",
+    }
+    made = zb(env, "tenant", "create", "acme", "--name", "Acme", "--ae", "STORESCU")
+    assert made.returncode == 0, made.stderr
+
+    result = zb(env, "audit", "forward")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "forwarded 1 audit events"
+    (message,) = receiver.wait_for(1)
+    assert share_ids_sent(documents([message])) == ["tenant.created"]
+
+    zb(env, "tenant", "create", "beta", "--name", "Beta", "--ae", "BETA")
+    down = zb({**env, "ZB_ATNA_URL": f"tcp://localhost:{free_port()}"}, "audit", "forward")
+    assert down.returncode == 1
+    assert down.stdout.strip() == "forwarded 0 audit events"
+    assert "ConnectionRefusedError" in down.stderr
+
+
+def zb(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = str(Path(sys.executable).parent / "zorgbericht")
+    return subprocess.run([command, *args], env=env, capture_output=True, text=True, timeout=120)

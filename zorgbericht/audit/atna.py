@@ -405,3 +405,15 @@ def _settle(
 def backoff(attempts: int) -> timedelta:
     """The wait after the ``attempts``-th failure in a row: doubling, capped at 15 minutes."""
     return min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** min(attempts - 1, 20))
+
+
+def forward_backlog(
+    *, sessions: sessionmaker[Session], settings: Settings
+) -> tuple[int, str | None]:
+    """Forward batch after batch until all is sent or one fails: how many, and the last error."""
+    total = 0
+    while taken := forward_due(sessions=sessions, settings=settings):
+        total += taken
+    with transaction(sessions) as session:
+        row = session.get(AuditForward, 1)
+        return total, row.last_error if row is not None else None
