@@ -15,12 +15,14 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,7 +181,17 @@ class Pki:
 class SyslogReceiver:
     """Listen on 127.0.0.1 (``port`` or any free one); plain TCP, or TLS with ``pki``."""
 
-    def __init__(self, *, pki: Pki | None = None, port: int = 0, rogue: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        pki: Pki | None = None,
+        port: int = 0,
+        rogue: bool = False,
+        answer_close_notify: bool = True,
+        reset_after: int | None = None,
+    ) -> None:
+        self.answer_close_notify = answer_close_notify  # False: close as rsyslog 8.2302 does
+        self.reset_after = reset_after  # reset the connection after this many frames, once
         self.messages: list[Message] = []
         self.errors: list[str] = []
         self.handshake_failures: list[str] = []
@@ -259,6 +271,10 @@ class SyslogReceiver:
                 message = parse(frame, peer_cn=peer_cn, connection=number)
                 with self._lock:
                     self.messages.append(message)
+                if self.reset_after is not None and len(self.messages) >= self.reset_after:
+                    self.reset_after = None
+                    _reset(conn)
+                    return
             self._close_in_order(conn)
         except (SyslogError, UnicodeDecodeError, OSError) as exc:
             with self._lock:
@@ -277,8 +293,14 @@ class SyslogReceiver:
         """Count an orderly end from the sender; over TLS answer its close_notify (RFC 5425 4.4)."""
         with self._lock:
             self.closed_in_order += 1
-        if isinstance(conn, ssl.SSLSocket):
+        if isinstance(conn, ssl.SSLSocket) and self.answer_close_notify:
             conn.unwrap()
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with a TCP reset, as a collector that crashes with data unread would."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
 
 
 def _server_context(pki: Pki, rogue: bool) -> ssl.SSLContext:
@@ -301,8 +323,8 @@ def syslog_receiver() -> Iterator[Callable[..., SyslogReceiver]]:
     """A factory of started receivers; each is stopped and checked at the end of the test."""
     started: list[SyslogReceiver] = []
 
-    def start(*, pki: Pki | None = None, port: int = 0, rogue: bool = False) -> SyslogReceiver:
-        receiver = SyslogReceiver(pki=pki, port=port, rogue=rogue).__enter__()
+    def start(**options: Any) -> SyslogReceiver:
+        receiver = SyslogReceiver(**options).__enter__()
         started.append(receiver)
         return receiver
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,9 +15,9 @@ import pytest
 from lxml import etree
 from sqlalchemy import select
 
-from infra.peers import free_port
+from infra.peers import free_port, wait_for_port
 from tests.conftest import make_settings
-from tests.syslog_receiver import Message, Pki, SyslogReceiver
+from tests.syslog_receiver import Message, Pki, SyslogReceiver, parse
 from zorgbericht import worker
 from zorgbericht.audit import atna
 from zorgbericht.audit import service as audit
@@ -300,3 +302,118 @@ def test_the_audit_forward_command_sends_the_backlog_and_says_how_many(
 def zb(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     command = str(Path(sys.executable).parent / "zorgbericht")
     return subprocess.run([command, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_tls_collector_that_closes_without_answering_close_notify_took_the_batch(
+    runtime: Runtime, syslog_pki: Pki, syslog_receiver: Receivers
+) -> None:
+    seqs = record_events(runtime, 2)
+    receiver = syslog_receiver(pki=syslog_pki, answer_close_notify=False)  # as rsyslog does
+    settings = with_collector(runtime, receiver.url, syslog_pki)
+
+    assert atna.forward_due(sessions=runtime.sessions, settings=settings, now=T0) == len(seqs)
+    assert len(receiver.wait_for(len(seqs))) == len(seqs)
+    assert position(runtime).seq == seqs[-1]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_a_collector_that_resets_mid_batch_gets_the_whole_batch_again(
+    runtime: Runtime, syslog_pki: Pki, syslog_receiver: Receivers, tls: bool
+) -> None:
+    seqs = record_events(runtime, 4)
+    pki = syslog_pki if tls else None
+    receiver = syslog_receiver(pki=pki, reset_after=2)
+    settings = with_collector(runtime, receiver.url, pki)
+
+    assert atna.forward_due(sessions=runtime.sessions, settings=settings, now=T0) == 0
+    row = position(runtime)
+    assert (row.seq, row.attempts) == (0, 1)
+
+    later = T0 + timedelta(seconds=5)
+    assert atna.forward_due(sessions=runtime.sessions, settings=settings, now=later) == len(seqs)
+    messages = receiver.wait_for(2 + len(seqs))
+    assert [m.connection for m in messages] == [1, 1] + [2] * len(seqs)
+    sent = share_ids_sent(documents(messages))
+    assert sent[2:] == ["tenant.created"] + ["share.viewed"] * 4  # never lost, maybe twice
+    assert position(runtime).seq == seqs[-1]
+
+
+RSYSLOG_CONF = """
+global(workDirectory="{dir}" maxMessageSize="64k"
+       defaultNetstreamDriverCAFile="{pki.ca}"
+       defaultNetstreamDriverCertFile="{pki.server_cert}"
+       defaultNetstreamDriverKeyFile="{pki.server_key}")
+module(load="imtcp")
+input(type="imtcp" port="{tls}" name="tls" streamDriver.name="gtls" streamDriver.mode="1"
+      streamDriver.authMode="x509/certvalid")
+input(type="imtcp" port="{tcp}" name="tcp")
+template(name="raw" type="string" string="%inputname% %rawmsg%\\n")
+action(type="omfile" file="{dir}/received.log" template="raw")
+"""
+
+
+@pytest.fixture
+def rsyslog(tmp_path: Path, syslog_pki: Pki) -> Iterator[tuple[int, int, Path]]:
+    """A real rsyslogd on two high ports: octet-counted TCP, and TLS wanting a client cert."""
+    daemon = shutil.which("rsyslogd")
+    if daemon is None:
+        pytest.skip("rsyslogd is not installed (Debian packages rsyslog, rsyslog-gnutls)")
+    tcp, tls = free_port(), free_port()
+    conf = tmp_path / "rsyslog.conf"
+    conf.write_text(RSYSLOG_CONF.format(dir=tmp_path, pki=syslog_pki, tcp=tcp, tls=tls))
+    proc = subprocess.Popen(
+        [daemon, "-n", "-f", str(conf), "-i", str(tmp_path / "rsyslogd.pid")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(tcp, proc=proc)
+        wait_for_port(tls, proc=proc)
+        yield tcp, tls, tmp_path / "received.log"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_real_rsyslog_takes_the_trail_over_tcp_and_mutual_tls(
+    runtime: Runtime, syslog_pki: Pki, rsyslog: tuple[int, int, Path]
+) -> None:
+    tcp, tls, received = rsyslog
+    seqs = record_events(runtime, 2)
+    assert forward_all(runtime, with_collector(runtime, f"tcp://localhost:{tcp}")) == len(seqs)
+    more = record_more(runtime, 2)
+    settings = with_collector(runtime, f"tls://localhost:{tls}", syslog_pki)
+    assert forward_all(runtime, settings) == more
+
+    lines = wait_for_lines(received, len(seqs) + more)
+    assert [line.split(" ", 1)[0] for line in lines] == ["tcp"] * 3 + ["tls"] * 2
+    for line in lines:
+        message = parse(line.split(" ", 1)[1].encode())
+        assert (message.pri, message.msgid, message.app_name) == (85, "IHE+RFC-3881", "zorgbericht")
+        documents([message])
+    assert position(runtime).seq == trail(runtime)[-1]
+
+
+def record_more(runtime: Runtime, count: int) -> int:
+    """``count`` revocations with no tenant; how many."""
+    with transaction(runtime.sessions) as session:
+        for n in range(count):
+            audit.record(
+                session=session,
+                event=audit.Ev.share_revoked,
+                actor=audit.Actor("apikey", f"apikey:{n}"),
+                tenant_id=None,
+                patient_id=PATIENT,
+            )
+    return count
+
+
+def wait_for_lines(path: Path, count: int, timeout: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count:
+            break
+        time.sleep(0.05)
+    return lines

@@ -245,11 +245,13 @@ class _Tcp:
 
 
 class _Tls:
-    """TLS through memory buffers, so the collector's close_notify is seen, not assumed.
+    """TLS through memory buffers, so the collector's end of the connection is seen.
 
-    ``SSLSocket.unwrap()`` may return before the peer's close_notify arrived (it gives up
-    after two tries of SSL_shutdown, e.g. while TLS 1.3 session tickets come in); reading
-    on until OpenSSL reports the close_notify makes the confirmation real.
+    ``SSLSocket.unwrap()`` may return before anything came back from the collector (it
+    gives up after two tries of SSL_shutdown, e.g. while TLS 1.3 session tickets arrive);
+    reading on after our close_notify sees what the collector really did: its own
+    close_notify (RFC 5425 4.4), or a plain close as rsyslog 8.2302 does, both only after
+    it read our close_notify and so every frame before it; an alert or a reset fails.
     """
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, host: str) -> None:
@@ -264,9 +266,9 @@ class _Tls:
         try:
             self._pump(self.tls.unwrap)  # sends our close_notify
             while self._pump(lambda: self.tls.read(4096)):
-                pass  # nothing is expected from a collector; read on to its close_notify
-        except ssl.SSLZeroReturnError:
-            pass  # the collector's close_notify
+                pass  # nothing is expected from a collector; read on to its end
+        except (ssl.SSLZeroReturnError, _ClosedByCollector):
+            pass
 
     def _pump(self, operation: Callable[[], _T]) -> _T:
         while True:
@@ -276,7 +278,7 @@ class _Tls:
                 self._flush()
                 data = self.sock.recv(65536)
                 if not data:
-                    raise ssl.SSLEOFError("the collector closed without close_notify") from None
+                    raise _ClosedByCollector("the collector closed the connection") from None
                 self.incoming.write(data)
                 continue
             self._flush()
@@ -285,6 +287,10 @@ class _Tls:
     def _flush(self) -> None:
         if data := self.outgoing.read():
             self.sock.sendall(data)
+
+
+class _ClosedByCollector(ConnectionError):
+    """The collector closed the TCP connection: the end of a batch, or a failure before it."""
 
 
 def _reason(exc: BaseException) -> str:
