@@ -10,9 +10,13 @@ STRUCTURED-DATA, and the XML as MSG in UTF-8 without a byte order mark (CP-ITI-4
 SYSLOG-MSG``: RFC 5425 section 4.3 over TLS, RFC 6587 section 3.4.1 over plain TCP.
 
 The trail is the queue: ``AuditForward.seq`` says how far the collector has taken it and
-moves only after a connection was closed in order (RFC 5425 section 4.4 close_notify both
-ways over TLS; a half-close answered by the collector's own close over TCP), so an event
-is never lost and, after a failure mid-batch, may arrive twice.
+moves only after the batch's connection ended in order: over TLS our close_notify (RFC
+5425 section 4.4) answered by the collector's close_notify or close; over TCP our
+half-close answered by the collector's close. A reset, an alert or a time-out keeps the
+position, so the batch is sent again: an event may arrive twice but is not dropped by a
+collector that fails mid-batch. Syslog has no acknowledgement, so one case stays open: a
+collector that closes a connection at once, before our frames reach it, looks the same
+as one that read them (RELP would close that gap; ATNA does not use it).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from zorgbericht.audit.models import AuditEvent, AuditForward, AuditHead
 from zorgbericht.db import transaction, utcnow
 from zorgbericht.settings import Settings
-from zorgbericht.sqlutil import insert_ignore
+from zorgbericht.sqlutil import insert
 from zorgbericht.tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -193,10 +197,9 @@ def _header_field(value: str, limit: int) -> bytes:
 def send(settings: Settings, frames: Sequence[bytes], *, deadline: float) -> None:
     """Write the frames over one connection and close it in order, or raise CollectorError.
 
-    The collector has taken every frame only once the close completed: over TLS both sides
-    sent close_notify (RFC 5425 4.4); over TCP our half-close was answered by the
-    collector's own close after it read everything. ``deadline`` is a ``time.monotonic()``
-    value after which the batch is given up.
+    The collector has taken the frames once it ended the connection after our end of it:
+    over TLS after our close_notify (RFC 5425 4.4), over TCP after our half-close.
+    ``deadline`` is a ``time.monotonic()`` value after which the batch is given up.
     """
     try:
         with _connection(settings) as stream:
@@ -360,7 +363,10 @@ def _locked_row(session: Session) -> AuditForward | None:
     query = select(AuditForward).where(AuditForward.id == 1).with_for_update(skip_locked=True)
     row = session.scalar(query)
     if row is None:
-        insert_ignore(session, AuditForward.__table__, [{"id": 1, "seq": 0, "attempts": 0}])
+        session.execute(
+            insert(session, AuditForward).on_conflict_do_nothing(),
+            {"id": 1, "seq": 0, "attempts": 0},
+        )
         row = session.scalar(query)
     return row
 
@@ -370,7 +376,7 @@ def _frames(
 ) -> list[bytes]:
     tenant_ids = {e.tenant_id for e in events if e.tenant_id is not None}
     rows = session.execute(select(Tenant.id, Tenant.slug).where(Tenant.id.in_(tenant_ids)))
-    slugs = {tenant_id: slug for tenant_id, slug in rows}
+    slugs: dict[int | None, str] = {tenant_id: slug for tenant_id, slug in rows}
     source_id = settings.atna_source_id or settings.dicom_ae_title
     hostname, procid = socket.gethostname(), str(os.getpid())
     return [
