@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and benchmarks use, when run as root and missing.
 set -euo pipefail
-PACKAGES=(dcmtk postgresql orthanc orthanc-gdcm chromium poppler-utils zbar-tools)
+PACKAGES=(dcmtk postgresql orthanc orthanc-gdcm chromium poppler-utils zbar-tools rsyslog rsyslog-gnutls openssl)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
