@@ -31,7 +31,7 @@ class SignInRequired(Exception):
     """Turned into a redirect to the sign-in page."""
 
 
-def _actor(request: Request, user: StaffUser | None = None) -> audit.Actor:
+def staff_actor(request: Request, user: StaffUser | None = None) -> audit.Actor:
     return audit.Actor(
         "staff",
         f"staff:{user.id}" if user else None,
@@ -72,18 +72,18 @@ def _page(
         status_code,
         user=user,
         tenant=tenant,
-        csrf=staff.csrf_token(cookie=cookie, secret=_secret(runtime)),
+        csrf=staff.csrf_token(cookie=cookie, secret=secret_key(runtime)),
         **context,
     )
 
 
-def _secret(runtime: Runtime) -> str:
+def secret_key(runtime: Runtime) -> str:
     return runtime.settings.secret_key.get_secret_value()
 
 
-def _check_csrf(request: Request, runtime: Runtime, token: str) -> None:
+def check_csrf(request: Request, runtime: Runtime, token: str) -> None:
     if not staff.check_csrf(
-        cookie=request.cookies.get(staff.COOKIE, ""), secret=_secret(runtime), token=token
+        cookie=request.cookies.get(staff.COOKIE, ""), secret=secret_key(runtime), token=token
     ):
         raise SignInRequired
 
@@ -91,7 +91,7 @@ def _check_csrf(request: Request, runtime: Runtime, token: str) -> None:
 def _signed_in(response: Response, user: StaffUser, runtime: Runtime) -> Response:
     response.set_cookie(
         staff.COOKIE,
-        staff.session_cookie(user=user, secret=_secret(runtime)),
+        staff.session_cookie(user=user, secret=secret_key(runtime)),
         max_age=staff.SESSION_SECONDS,
         secure=True,
         httponly=True,
@@ -114,7 +114,9 @@ def login(
     email: Annotated[str, Form(max_length=320)],
     password: Annotated[str, Form(max_length=1024)],
 ) -> Response:
-    user = staff.sign_in(session=session, email=email, password=password, actor=_actor(request))
+    user = staff.sign_in(
+        session=session, email=email, password=password, actor=staff_actor(request)
+    )
     if user is None:
         return render(request, "staff/login.html", 400, error="bad_login", email=email)
     return _signed_in(RedirectResponse("/staff", status_code=303), user, runtime)
@@ -122,7 +124,7 @@ def login(
 
 @router.post("/logout")
 def logout(request: Request, runtime: RuntimeDep, csrf: Annotated[str, Form()] = "") -> Response:
-    _check_csrf(request, runtime, csrf)
+    check_csrf(request, runtime, csrf)
     response = RedirectResponse("/staff/login", status_code=303)
     response.delete_cookie(staff.COOKIE, path="/", secure=True, httponly=True, samesite="strict")
     return response
@@ -145,13 +147,13 @@ def search(
     patient_id: Annotated[str, Form(max_length=64)],
 ) -> Response:
     """Find staged studies by patient ID (a POST: the ID stays out of URLs and history)."""
-    _check_csrf(request, runtime, csrf)
+    check_csrf(request, runtime, csrf)
     patient_id = patient_id.strip()
     found = staging.list_studies(session=session, tenant_id=user.tenant_id, patient_id=patient_id)
     audit.record(
         session=session,
         event=audit.Ev.studies_queried,
-        actor=_actor(request, user),
+        actor=staff_actor(request, user),
         tenant_id=user.tenant_id,
         patient_id=patient_id,
         study_uids=[s.study_uid for s in found],
@@ -224,7 +226,7 @@ def create(
     email: Annotated[str, Form()] = "",
 ) -> Response:
     """Create the share from the form; on a problem, the form again with what to fix."""
-    _check_csrf(request, runtime, csrf)
+    check_csrf(request, runtime, csrf)
     values = {
         "recipient": recipient,
         "delivery": delivery_kind,
@@ -246,7 +248,7 @@ def create(
             str(e["loc"][0]) if e["loc"] else "form": str(e["msg"]).removeprefix("Value error, ")
             for e in exc.errors()
         }
-        tenant_id, actor = user.tenant_id, _actor(request, user)  # before the rollback
+        tenant_id, actor = user.tenant_id, staff_actor(request, user)  # before the rollback
         session.rollback()  # SQLite allows one writer: free it before the refusal is kept
         shares.record_refusal(
             sessions=runtime.sessions,
@@ -258,7 +260,7 @@ def create(
         return _form(request, runtime, session, user, study_uids, values, errors, 422)
     tenant = session.get(Tenant, user.tenant_id)
     assert tenant is not None
-    now, actor = utcnow(), _actor(request, user)
+    now, actor = utcnow(), staff_actor(request, user)
     try:
         created = shares.create_share(
             session=session,
@@ -314,7 +316,7 @@ def list_page(
     audit.record(
         session=session,
         event=audit.Ev.shares_listed,
-        actor=_actor(request, user),
+        actor=staff_actor(request, user),
         tenant_id=user.tenant_id,
         details={"matches": len(found)},
     )
@@ -327,7 +329,7 @@ def letter(
 ) -> Response:
     share = shares.get_share(session=session, tenant_id=user.tenant_id, share_id=share_id)
     pdf = delivery.read_letter(
-        session=session, store=store, share=share, actor=_actor(request, user)
+        session=session, store=store, share=share, actor=staff_actor(request, user)
     )
     return pdf_response(pdf, f"zorgbericht-{share.id}.pdf")
 
@@ -350,7 +352,7 @@ def pacs_launch(
         audit.record(
             session=session,
             event=audit.Ev.staff_launch,
-            actor=_actor(request),
+            actor=staff_actor(request),
             tenant_id=None,
             outcome=audit.Outcome.minor_failure,
         )
@@ -358,7 +360,7 @@ def pacs_launch(
     audit.record(
         session=session,
         event=audit.Ev.staff_launch,
-        actor=_actor(request, launch.user),
+        actor=staff_actor(request, launch.user),
         tenant_id=launch.user.tenant_id,
         study_uids=launch.study_uids,
     )
