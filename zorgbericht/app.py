@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
 from zorgbericht import __version__
+from zorgbericht.admin.routes import router as admin_router
 from zorgbericht.errors import DomainError
 from zorgbericht.recipients.routes import api as recipient_api
 from zorgbericht.recipients.routes import pages as recipient_pages
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(studies_router)
     app.include_router(shares_router)
     app.include_router(staff_router)
+    app.include_router(admin_router)
     app.include_router(recipient_api)
     app.include_router(recipient_pages)
     return app

@@ -1,0 +1,83 @@
+"""The trail and the share in words for the admin pages: times, actors, events, masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from zorgbericht.audit.models import AuditEvent
+from zorgbericht.delivery.service import AMSTERDAM
+
+DOT = "\u2022"
+# Detail values that say nothing to a reader of the timeline.
+_QUIET_DETAILS = frozenset({"outbox_id", "template"})
+
+
+def mask_email(email: str | None) -> str | None:
+    """``jan@example.nl`` as ``j•••@example.nl``: enough to recognise, not to copy."""
+    if not email:
+        return None
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}{DOT * 3}@{domain}"
+
+
+def mask_phone(phone: str | None) -> str | None:
+    """A phone number as its last two digits, like the email to the recipient says it."""
+    if not phone:
+        return None
+    return f"{DOT * 4} {phone[-2:]}"
+
+
+@dataclass(frozen=True)
+class Words:
+    """Bound to one page's texts and the tenant's staff and API keys."""
+
+    t: dict[str, str]
+    people: dict[str, tuple[str, str]]
+
+    def when(self, moment: datetime | None, seconds: bool = False) -> str:
+        """A moment in Amsterdam time as ``31-12-2026 14:05``."""
+        if moment is None:
+            return "\u2013"
+        local = moment.astimezone(AMSTERDAM)
+        return local.strftime("%d-%m-%Y %H:%M:%S" if seconds else "%d-%m-%Y %H:%M")
+
+    def person(self, ref: str | None) -> str:
+        """A creator or actor id (``staff:3``, ``apikey:2``) by name."""
+        kind, _, number = (ref or "").partition(":")
+        known = self.people.get(ref or "")
+        if kind == "apikey":
+            return self.t["actor_apikey"].format(name=known[1] if known else f"#{number}")
+        if kind == "staff":
+            return known[1] if known else self.t["actor_staff"].format(id=number)
+        return self.t.get("actor_" + kind, ref or "\u2013")
+
+    def actor(self, event: AuditEvent) -> str:
+        """Who acted, in words."""
+        if event.actor_kind in ("staff", "apikey") and event.actor_id:
+            return self.person(event.actor_id)
+        if event.actor_kind == "recipient":
+            session = (event.actor_id or "").rpartition(":")[2]
+            who = self.t.get(f"admin_to_{event.on_behalf_of}", self.t["admin_recipient"])
+            if not session:
+                return who
+            return self.t["actor_recipient"].format(who=who, id=session)
+        if event.actor_kind == "system":
+            return self.t["actor_system"]
+        label = self.t.get("actor_" + event.actor_kind, event.actor_kind)
+        return f"{label} {event.actor_id}" if event.actor_id else label
+
+    def event(self, name: str) -> str:
+        return self.t.get("ev_" + name, name)
+
+    def outcome(self, value: int) -> str:
+        return self.t.get(f"outcome_{value}", str(value))
+
+    def details(self, event: AuditEvent) -> str:
+        """The event's details as ``key: value`` pairs (the trail never holds secrets)."""
+        pairs = [
+            f"{key}: {value}"
+            for key, value in sorted((event.details or {}).items())
+            if key not in _QUIET_DETAILS and value not in (None, "", [], {})
+        ]
+        return " \u00b7 ".join(pairs)
