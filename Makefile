@@ -1,4 +1,4 @@
-.PHONY: run demo serve test lint bench bench-ingest bench-ceiling bench-download peers
+.PHONY: run demo serve test lint bench bench-ingest bench-ceiling bench-download bench-audit peers
 
 run: demo  ## set up the venv and run the demo (embedded default)
 
@@ -17,7 +17,7 @@ lint:
 	.venv/bin/ruff check zorgbericht dicom_ingest tests infra bench
 	.venv/bin/ruff format --check zorgbericht dicom_ingest tests infra bench
 
-bench: bench-ingest bench-ceiling bench-download
+bench: bench-ingest bench-ceiling bench-download bench-audit
 
 bench-ingest:
 	infra/install-debian.sh
@@ -32,3 +32,6 @@ peers:  ## start PostgreSQL, SeaweedFS and Orthanc by hand, for trying things
 
 bench-download:  ## the DICOM ZIP of a ~1 GB study through uvicorn vs reading the store directly
 	.venv/bin/python bench/download.py
+
+bench-audit:  ## the hash chain's cost on PostgreSQL: writes vs plain INSERT, verify/export vs COPY
+	.venv/bin/python bench/audit.py
