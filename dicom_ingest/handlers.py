@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from pynetdicom import evt
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_ingest.meta import UndecodableInstance, read_meta
+from dicom_ingest.meta import StudyRef, UndecodableInstance, read_meta, study_ref
 from dicom_ingest.pipeline import Batch, Pipeline, StorageDown
 from dicom_ingest.stager import StagerProcess
 from zorgbericht.audit import service as audit
@@ -97,16 +97,24 @@ def handle_store(event: Event, pipeline: Pipeline | StagerProcess) -> int:
     answered only once the spool file is durable. Statuses: ``0xA700`` when the object
     store or the spool cannot take it, ``0xC210`` when the data set cannot be parsed,
     ``0xC211`` when a UID is missing, ``0xA900`` when it does not match the request.
+    Every refusal, an unexpected failure of ours included, is counted in the association's
+    batch (per study, when its header names one); the batch's audit summary carries them.
     """
     batch: Batch = event.assoc.zb_batch
     try:
-        return _store(event, batch, pipeline)
+        status, ref = _store(event, batch, pipeline)
     except Exception as exc:  # a failure of ours, not of the data: the sender may retry
         log.error("C-STORE failed unexpectedly (%s); answered out of resources", type(exc).__name__)
-        return OUT_OF_RESOURCES
+        status, ref = OUT_OF_RESOURCES, None
+    if status != SUCCESS:
+        _count_refusal(event, batch, pipeline, status, ref)
+    return status
 
 
-def _store(event: Event, batch: Batch, pipeline: Pipeline | StagerProcess) -> int:
+def _store(
+    event: Event, batch: Batch, pipeline: Pipeline | StagerProcess
+) -> tuple[int, StudyRef | None]:
+    """Stage one instance; return its status and, when refused, the study it names."""
     try:
         if batch.pending == 0:
             pipeline.check_storage()
@@ -114,10 +122,10 @@ def _store(event: Event, batch: Batch, pipeline: Pipeline | StagerProcess) -> in
         meta = read_meta(data)
     except StorageDown as exc:
         log.warning("refusing instance: storage unavailable (%s)", exc)
-        return OUT_OF_RESOURCES
+        return OUT_OF_RESOURCES, None
     except UndecodableInstance as exc:
         log.warning("refusing instance from %s: %s", batch.actor.id, exc)
-        return MISSING_IDENTIFIER if "identifier" in str(exc) else CANNOT_UNDERSTAND
+        return (MISSING_IDENTIFIER if "identifier" in str(exc) else CANNOT_UNDERSTAND), None
     request = event.request
     if (
         meta.sop_uid != request.AffectedSOPInstanceUID
@@ -126,13 +134,30 @@ def _store(event: Event, batch: Batch, pipeline: Pipeline | StagerProcess) -> in
         log.warning(
             "refusing instance from %s: data set does not match the request", batch.actor.id
         )
-        return DATASET_MISMATCH
+        return DATASET_MISMATCH, StudyRef.of(meta)
     try:
         pipeline.accept(batch, meta, data)
     except StorageDown as exc:
         log.warning("refusing instance: storage unavailable (%s)", exc)
-        return OUT_OF_RESOURCES
-    return SUCCESS
+        return OUT_OF_RESOURCES, StudyRef.of(meta)
+    return SUCCESS, None
+
+
+def _count_refusal(
+    event: Event,
+    batch: Batch,
+    pipeline: Pipeline | StagerProcess,
+    status: int,
+    ref: StudyRef | None,
+) -> None:
+    """Count a refused instance for the audit; read its study from the header when not known."""
+    try:
+        if ref is None:
+            ref = study_ref(event.encoded_dataset(include_meta=True))
+        sop_class = str(event.request.AffectedSOPClassUID or "") or None
+        pipeline.refuse(batch, status=status, ref=ref, sop_class_uid=sop_class)
+    except Exception as exc:  # counting must never change the answer the sender gets
+        log.error("refused instance not counted for the audit (%s)", type(exc).__name__)
 
 
 def handle_released(event: Event, pipeline: Pipeline | StagerProcess) -> None:

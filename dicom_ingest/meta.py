@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from datetime import date
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from zorgbericht.bsn import is_valid_bsn
 from zorgbericht.recipients.archive import dir_record_from_dataset
 from zorgbericht.staging.schemas import InstanceMeta
 
-__all__ = ["UndecodableInstance", "is_valid_bsn", "meta_from_dataset", "read_meta"]
+__all__ = [
+    "StudyRef",
+    "UndecodableInstance",
+    "is_valid_bsn",
+    "meta_from_dataset",
+    "read_meta",
+    "study_ref",
+]
 
 BSN_ISSUER = "NLMINBIZA"
 NON_IMAGE_CLASSES = {
@@ -111,6 +120,31 @@ def read_meta(data: bytes) -> InstanceMeta:
         raise
     except Exception as exc:  # whatever a malformed stream makes pydicom raise
         raise UndecodableInstance(f"cannot parse data set: {type(exc).__name__}") from None
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """The study and patient of a refused instance, as far as its header could be read."""
+
+    study_uid: str = ""  # "" when unreadable
+    patient_id: str | None = None
+    bsn: str | None = None
+
+    @classmethod
+    def of(cls, meta: InstanceMeta) -> StudyRef:
+        return cls(meta.study_uid, meta.patient_id, meta.bsn)
+
+
+def study_ref(data: bytes) -> StudyRef:
+    """Read what a refused instance says about its study; empty when the header is unreadable."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        study_uid = str(ds.get("StudyInstanceUID") or "").strip()
+        if not UID(study_uid).is_valid:
+            return StudyRef()
+        return StudyRef(study_uid, _text(ds, "PatientID", 64), _bsn(ds))
+    except Exception:  # whatever a malformed stream makes pydicom raise
+        return StudyRef()
 
 
 def read_meta_file(path: str) -> InstanceMeta:

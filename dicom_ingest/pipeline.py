@@ -28,7 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_ingest import previews
-from dicom_ingest.meta import UndecodableInstance, read_meta_file
+from dicom_ingest.meta import StudyRef, UndecodableInstance, read_meta_file
 from zorgbericht.audit import service as audit
 from zorgbericht.db import transaction, utcnow
 from zorgbericht.settings import Settings
@@ -78,6 +78,22 @@ def complete_spool_file(path: Path) -> bool:
 
 
 @dataclass
+class Refused:
+    """Instances of one study refused in a batch, counted per DIMSE status and SOP class."""
+
+    patient_id: str | None = None
+    bsn: str | None = None
+    statuses: Counter[str] = field(default_factory=Counter)
+    sop_classes: Counter[str] = field(default_factory=Counter)
+
+    def merge(self, other: Refused) -> None:
+        self.patient_id = self.patient_id or other.patient_id
+        self.bsn = self.bsn or other.bsn
+        self.statuses.update(other.statuses)
+        self.sop_classes.update(other.sop_classes)
+
+
+@dataclass
 class Batch:
     """Instances that arrived together: one association, or one import run."""
 
@@ -88,10 +104,24 @@ class Batch:
     studies: Counter[str] = field(default_factory=Counter)
     study_bytes: Counter[str] = field(default_factory=Counter)
     patients: dict[str, InstanceMeta] = field(default_factory=dict)
+    refused: dict[str, Refused] = field(default_factory=dict)  # by study UID, "" unreadable
     pending: int = 0
     ended: str | None = None  # "released" or "aborted"
     finalized: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def count_refusal(batch: Batch, *, status: int, ref: StudyRef, sop_class_uid: str | None) -> None:
+    """Count one refused instance towards its batch's audit summary (never after the end)."""
+    with batch.lock:
+        if batch.ended is not None:  # its summary is on its way: the count would be lost
+            log.warning("instance refused after its association ended: not in the audit summary")
+            return
+        refused = batch.refused.setdefault(ref.study_uid, Refused())
+        refused.merge(Refused(ref.patient_id, ref.bsn))
+        refused.statuses[f"{status:04X}"] += 1
+        if sop_class_uid:
+            refused.sop_classes[sop_class_uid] += 1
 
 
 @dataclass
@@ -249,11 +279,24 @@ class Pipeline:
             batch.patients.setdefault(meta.study_uid, meta)
         self._uploads.put(Item(batch.tenant_id, path, meta, batch, size=size))
 
-    def end_batch(self, batch: Batch, *, aborted: bool) -> None:
-        """Close a batch once; its audit summary is written when all its instances are indexed."""
-        with self._lock:
+    def refuse(
+        self, batch: Batch, *, status: int, ref: StudyRef, sop_class_uid: str | None
+    ) -> None:
+        """Count an instance answered with a failure status; audited when the batch ends."""
+        count_refusal(batch, status=status, ref=ref, sop_class_uid=sop_class_uid)
+
+    def end_batch(
+        self, batch: Batch, *, aborted: bool, refused: dict[str, Refused] | None = None
+    ) -> None:
+        """Close a batch once; its audit summary is written when all its instances are indexed.
+
+        ``refused`` adds refusals counted elsewhere (the DICOM server's side of a stager).
+        """
+        with batch.lock, self._lock:
             if batch.ended is not None:
                 return
+            for study_uid, counts in (refused or {}).items():
+                batch.refused.setdefault(study_uid, Refused()).merge(counts)
             batch.ended = "aborted" if aborted else "released"
             ready = batch.pending == 0
             if ready:
@@ -456,6 +499,7 @@ class Pipeline:
                 study_uids=batch.studies,
                 interrupted=aborted,
             )
+        _record_refusals(session, batch)
 
     def _release_studies(self, batch: Batch) -> None:
         with self._lock:
@@ -613,6 +657,28 @@ class Pipeline:
 
 
 _MARKER = InstanceMeta("", "", "", "", "")
+
+
+def _record_refusals(session: Session, batch: Batch) -> None:
+    """Write one refused-instances event per study, and one for those without a readable study."""
+    for study_uid, refused in sorted(batch.refused.items()):
+        audit.record(
+            session=session,
+            event=audit.Ev.instances_refused,
+            actor=batch.actor,
+            tenant_id=batch.tenant_id,
+            outcome=audit.Outcome.serious_failure,
+            patient_id=refused.patient_id,
+            bsn=refused.bsn,
+            study_uids=[study_uid] if study_uid else [],
+            details={
+                "refused": refused.statuses.total(),
+                "statuses": dict(sorted(refused.statuses.items())),
+                "sop_classes": dict(sorted(refused.sop_classes.items())),
+                "batch": batch.id,
+                "ended": batch.ended,
+            },
+        )
 
 
 def _open_association_studies(chunk: list[Item]) -> dict[int, set[str]]:

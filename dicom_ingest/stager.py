@@ -18,7 +18,15 @@ from multiprocessing import get_context
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
-from dicom_ingest.pipeline import Batch, Hooks, Pipeline, StorageDown, spool_write
+from dicom_ingest.meta import StudyRef
+from dicom_ingest.pipeline import (
+    Batch,
+    Hooks,
+    Pipeline,
+    StorageDown,
+    count_refusal,
+    spool_write,
+)
 from zorgbericht.audit import service as audit
 from zorgbericht.settings import Settings
 from zorgbericht.staging.schemas import InstanceMeta
@@ -98,12 +106,22 @@ def _apply(pipeline: Pipeline, batches: dict[str, Batch], command: tuple[Any, ..
         if batch_id not in batches:  # opened before a restart of this process
             batches[batch_id] = pipeline.open_batch(tenant_id=tenant_id, actor=actor)
         pipeline.enqueue(batches[batch_id], meta, path, size)
-    elif kind == "end" and batch_id in batches:
-        pipeline.end_batch(batches.pop(batch_id), aborted=args[0])
+    elif kind == "end":
+        aborted, tenant_id, actor, refused = args
+        batch = batches.pop(batch_id, None)
+        if batch is None and refused:  # opened before a restart: its refusals still count
+            batch = pipeline.open_batch(tenant_id=tenant_id, actor=actor)
+        if batch is not None:
+            pipeline.end_batch(batch, aborted=aborted, refused=refused)
 
 
 class StagerProcess:
-    """The DICOM server's side of the pipeline: spool here, stage in the child process."""
+    """The DICOM server's side of the pipeline: spool here, stage in the child process.
+
+    A batch exists on both sides: the server's copy counts what was spooled and refused,
+    the stager's copy is opened, fed and ended by commands (``_apply``) and writes the
+    audit summary; the refusal counts travel with the "end" command.
+    """
 
     def __init__(self, *, settings: Settings, store: ObjectStore) -> None:
         self.settings = settings
@@ -115,6 +133,7 @@ class StagerProcess:
         )
         self._restart_lock = threading.Lock()
         self._storage_ok_until = 0.0
+        self._closed = False
         self._make_process()
 
     def _make_process(self) -> None:
@@ -135,6 +154,7 @@ class StagerProcess:
 
     def close(self, timeout: float = 600.0) -> None:
         """Let the stager finish everything accepted, then stop it."""
+        self._closed = True
         self._commands.put(("stop", ""))
         self._process.join(timeout)
         if self._process.is_alive():
@@ -191,13 +211,29 @@ class StagerProcess:
                 ("item", batch.id, meta, path, len(data), batch.tenant_id, batch.actor)
             )
 
+    def refuse(
+        self, batch: Batch, *, status: int, ref: StudyRef, sop_class_uid: str | None
+    ) -> None:
+        """Count an instance answered with a failure status; audited when the batch ends."""
+        count_refusal(batch, status=status, ref=ref, sop_class_uid=sop_class_uid)
+
     def end_batch(self, batch: Batch, *, aborted: bool) -> None:
-        """End a batch once (released, aborted and connection-closed may all report it)."""
+        """End a batch once (released, aborted and connection-closed may all report it).
+
+        A stager that died is started again first: a batch of refusals only has no spooled
+        instance that would restart it, and its summary must not go to a dead queue.
+        """
+        if batch.ended is None and not self._closed and not self._process.is_alive():
+            try:
+                self._restart()
+            except Exception:  # still end the batch here: the server's side must not hang
+                log.exception("stager restart failed; the batch's summary is lost")
         with batch.lock:
             if batch.ended is not None:
                 return
             batch.ended = "aborted" if aborted else "released"
-            self._commands.put(("end", batch.id, aborted))
+            end = ("end", batch.id, aborted, batch.tenant_id, batch.actor, batch.refused)
+            self._commands.put(end)
 
     def _restart(self) -> None:
         """The stager died: start a new one, which stages what the spool holds."""
