@@ -662,4 +662,7 @@ def test_trail_export_is_recorded_first_and_streams_the_tenants_events(world: Wo
     rows = list(csv.DictReader(io.StringIO(table.text)))
     assert rows and {r["share_id"] for r in rows} == {str(share_id)}
     assert rows[-1]["event"] == "audit.exported"
+    everything = admin.get("/admin/export", params={"format": "csv", "since": ""})  # empty field
+    assert everything.status_code == 200 and "audit.exported" in everything.text
     assert admin.get("/admin/export", params={"format": "xml"}).status_code == 422
+    assert admin.get("/admin/export", params={"since": "31-12-2026"}).status_code == 422

@@ -13,6 +13,8 @@ _STEPS = (1, 2, 5)
 
 @dataclass(frozen=True)
 class Bar:
+    slot_x: float  # the day's whole slot, for the weekend band behind the bar
+    slot_width: float
     x: float
     y: float
     width: float
@@ -70,6 +72,8 @@ def bar_chart(key: str, days: list[Day]) -> Chart:
             height = max(height, 1.5)  # one event is still visible
         bars.append(
             Bar(
+                slot_x=round(LEFT + i * slot, 2),
+                slot_width=round(slot, 2),
                 x=round(LEFT + i * slot + slot * 0.15, 2),
                 y=round(HEIGHT - BOTTOM - height, 2),
                 width=round(slot * 0.7, 2),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import update
+from sqlalchemy import CursorResult, Update, update
 from sqlalchemy.orm import Session
 
 from zorgbericht.audit import service as audit
@@ -18,6 +19,12 @@ from zorgbericht.shares.service import effective_state
 from zorgbericht.tenants.models import Tenant
 
 SUPERSEDED = "superseded by a renewed link"
+
+
+def _count(session: Session, statement: Update) -> int:
+    """Run an UPDATE; return how many rows it changed."""
+    result = cast(CursorResult[Any], session.execute(statement))
+    return int(result.rowcount)
 
 
 def can_resend(share: Share, now: datetime) -> bool:
@@ -52,24 +59,26 @@ def resend_share_email(
         raise Conflict("only a live share delivered by email can be sent again")
     code = codes.new_code()
     share.code_hmac = codes.code_hmac(code, secret)
-    dropped = session.execute(
+    dropped = _count(
+        session,
         update(OutboxMessage)
         .where(
             OutboxMessage.share_id == share.id,
             OutboxMessage.channel == "email",
             OutboxMessage.state.in_((OutboxState.held, OutboxState.pending)),
         )
-        .values(state=OutboxState.failed, last_error=SUPERSEDED, body_text=None, body_html=None)
-    ).rowcount
-    ended = session.execute(
+        .values(state=OutboxState.failed, last_error=SUPERSEDED, body_text=None, body_html=None),
+    )
+    ended = _count(
+        session,
         update(RecipientSession)
         .where(
             RecipientSession.share_id == share.id,
             RecipientSession.signed_in_at.is_(None),
             RecipientSession.ended_at.is_(None),
         )
-        .values(ended_at=now)
-    ).rowcount
+        .values(ended_at=now),
+    )
     audit.record(
         session=session,
         event=audit.Ev.share_link_renewed,

@@ -15,6 +15,7 @@ from zorgbericht.admin.words import mask_email, mask_phone
 from zorgbericht.audit import service as audit
 from zorgbericht.db import utcnow
 from zorgbericht.deps import RuntimeDep, SessionDep
+from zorgbericht.errors import Invalid
 from zorgbericht.runtime import Runtime
 from zorgbericht.shares import service as shares
 from zorgbericht.shares.models import Share, ShareState
@@ -25,6 +26,13 @@ router = APIRouter(prefix="/admin", include_in_schema=False, route_class=AdminRo
 Format = Literal["csv", "jsonl"]
 MEDIA = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 DONE = ("revoked", "resent")
+# Events about some of the share's studies: the timeline names them.
+PER_STUDY = {
+    audit.Ev.image_viewed.event_name,
+    audit.Ev.report_viewed.event_name,
+    audit.Ev.download_started.event_name,
+    audit.Ev.download_refused.event_name,
+}
 
 
 @router.get("")
@@ -98,7 +106,8 @@ def _listing(
     people: dict[str, tuple[str, str]] | None = None,
 ) -> Response:
     people = people or service.people(session=session, tenant_id=admin.tenant_id)
-    rows, capped, now = [], False, utcnow()
+    rows: list[service.Row] = []
+    capped, now = False, utcnow()
     if not errors:
         rows, capped = service.find_shares(
             session=session, tenant_id=admin.tenant_id, filters=filters, now=now
@@ -175,6 +184,8 @@ def share_page(
         share=share,
         d=details,
         events=events,
+        per_study=PER_STUDY,
+        study_names={uid: (s.description or uid) if s else uid for uid, s in details.studies},
         email=mask_email(share.email),
         phone=mask_phone(share.phone),
         locked=share.locked_until is not None and share.locked_until > now,
@@ -184,12 +195,15 @@ def share_page(
     )
 
 
-def _confirm(request: Request, admin: Admin, share: Share, action: str) -> Response:
+def _confirm(
+    request: Request, admin: Admin, session: Session, share: Share, action: str
+) -> Response:
     now = utcnow()
     return page(
         request,
         admin,
         "admin/confirm.html",
+        w=words(request, service.people(session=session, tenant_id=admin.tenant_id)),
         share=share,
         action=action,
         state=shares.effective_state(share, now),
@@ -205,7 +219,7 @@ def confirm_revoke(
     request: Request, share_id: int, admin: AdminDep, session: SessionDep
 ) -> Response:
     share = shares.get_share(session=session, tenant_id=admin.tenant_id, share_id=share_id)
-    return _confirm(request, admin, share, "revoke")
+    return _confirm(request, admin, session, share, "revoke")
 
 
 @router.post("/shares/{share_id}/revoke")
@@ -229,7 +243,7 @@ def confirm_resend(
     request: Request, share_id: int, admin: AdminDep, session: SessionDep
 ) -> Response:
     share = shares.get_share(session=session, tenant_id=admin.tenant_id, share_id=share_id)
-    return _confirm(request, admin, share, "resend")
+    return _confirm(request, admin, session, share, "resend")
 
 
 @router.post("/shares/{share_id}/resend")
@@ -265,11 +279,15 @@ def export_trail(
     session: SessionDep,
     runtime: RuntimeDep,
     fmt: Annotated[Format, Query(alias="format")] = "csv",
-    since: date | None = None,
+    since: Annotated[str, Query(max_length=10)] = "",
 ) -> Response:
-    """The tenant's trail from an Amsterdam date on, as a download."""
-    name = f"zorgbericht-audit-{admin.tenant.slug}-{since or 'all'}"
-    return _export(session, runtime, admin, fmt, since, None, name)
+    """The tenant's trail from an Amsterdam date on (the form's empty date: all), as a download."""
+    try:
+        first = date.fromisoformat(since) if since else None
+    except ValueError:
+        raise Invalid("since must be a date like 2026-01-31") from None
+    name = f"zorgbericht-audit-{admin.tenant.slug}-{first or 'all'}"
+    return _export(session, runtime, admin, fmt, first, None, name)
 
 
 @router.get("/shares/{share_id}/export")

@@ -163,9 +163,7 @@ def find_shares(
     return rows, len(found) > LIST_LIMIT
 
 
-def _by_state(
-    query: Select[tuple[Share]], state: str | None, now: datetime
-) -> Select[tuple[Share]]:
+def _by_state(query: Select[Share], state: str | None, now: datetime) -> Select[Share]:
     """Filter on the state a recipient would meet: a live share past its end is expired."""
     if state in LIVE_STATES:
         return query.where(Share.state == state, Share.expires_at > now)
@@ -204,7 +202,7 @@ def trail_patients(*, session: Session, tenant_id: int, share_ids: list[int]) ->
             AuditEvent.share_id.in_(share_ids),
         )
     )
-    return {int(share_id): patient for share_id, patient in rows if patient}
+    return {int(share_id): patient for share_id, patient in rows if share_id and patient}
 
 
 @dataclass(frozen=True)

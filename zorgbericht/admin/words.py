@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
 from zorgbericht.audit.models import AuditEvent
 from zorgbericht.delivery.service import AMSTERDAM
+from zorgbericht.shares.models import Share
 
 DOT = "\u2022"
 # Detail values that say nothing to a reader of the timeline.
-_QUIET_DETAILS = frozenset({"outbox_id", "template"})
+_QUIET_DETAILS = frozenset({"outbox_id", "template", "page", "series"})
+# Details whose values have words of their own: the key and the prefix of those texts.
+_NAMED_VALUES = {"recipient": "admin_to_", "delivery": "admin_delivery_", "language": "lang_"}
+_MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 
 
 def mask_email(email: str | None) -> str | None:
@@ -67,6 +72,12 @@ class Words:
         label = self.t.get("actor_" + event.actor_kind, event.actor_kind)
         return f"{label} {event.actor_id}" if event.actor_id else label
 
+    def lock_reason(self, share: Share) -> str:
+        """What locked the share: the latest kind of failure."""
+        dob, sms = share.dob_failed_at, share.sms_failed_at
+        by_dob = dob is not None and (sms is None or dob >= sms)
+        return self.t["admin_locked_by_dob" if by_dob else "admin_locked_by_sms"]
+
     def event(self, name: str) -> str:
         return self.t.get("ev_" + name, name)
 
@@ -76,8 +87,21 @@ class Words:
     def details(self, event: AuditEvent) -> str:
         """The event's details as ``key: value`` pairs (the trail never holds secrets)."""
         pairs = [
-            f"{key}: {value}"
+            f"{self.t.get('detail_' + key, key)}: {self._value(key, value)}"
             for key, value in sorted((event.details or {}).items())
             if key not in _QUIET_DETAILS and value not in (None, "", [], {})
         ]
         return " \u00b7 ".join(pairs)
+
+    def _value(self, key: str, value: object) -> str:
+        named = _NAMED_VALUES.get(key)
+        if named and f"{named}{value}" in self.t:
+            return self.t[f"{named}{value}"]
+        if isinstance(value, bool):
+            return self.t["admin_yes" if value else "admin_no"]
+        if isinstance(value, str) and _MOMENT.match(value):
+            try:
+                return self.when(datetime.fromisoformat(value))
+            except ValueError:
+                return value
+        return str(value)
