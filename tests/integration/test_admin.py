@@ -561,7 +561,9 @@ def test_revoke_from_the_admin_portal_ends_a_signed_in_recipient_at_once(world: 
     assert done.headers["location"] == f"/admin/shares/{link.share_id}?done=revoked"
     answer = recipient.get(f"{R}/studies")
     assert answer.status_code == 410 and answer.json()["reason"] == "revoked"
-    [revoked] = trail(world, link.share_id, "share.revoked")
+    again = admin.post(f"/admin/shares/{link.share_id}/revoke", data={"csrf": token(world, admin)})
+    assert again.status_code == 409 and "Dit kan niet" in again.text
+    [revoked] = trail(world, link.share_id, "share.revoked")  # once, by the admin
     assert revoked.actor_id == f"staff:{world.admin_id}"
     page = admin.get(done.headers["location"]).text
     assert "De deling is ingetrokken" in page and 'class="badge revoked"' in page

@@ -47,38 +47,14 @@ def resend_share_email(
     sender_domain: str,
     now: datetime,
 ) -> OutboxMessage:
-    """Give the share a new link code and queue a mail with it to the same address.
-
-    The link code exists only as an HMAC and a sent mail's body is blanked, so the first
-    mail cannot be sent again. The old link stops working at once; browsers that opened it
-    but have not signed in yet are ended, signed-in recipients carry on. Unsent mails with
-    the old link are dropped. The new mail is held while the share is still pending.
-    """
+    """Give the share a new link code and queue a mail with it to the same address."""
+    # The code exists only as an HMAC and a sent mail's body is blanked: the first mail
+    # cannot be sent again, so the old link is replaced and stops working at once.
     session.refresh(share, with_for_update=True)  # a revoke or expiry may be under way
     if not can_resend(share, now):
         raise Conflict("only a live share delivered by email can be sent again")
     code = codes.new_code()
     share.code_hmac = codes.code_hmac(code, secret)
-    dropped = _count(
-        session,
-        update(OutboxMessage)
-        .where(
-            OutboxMessage.share_id == share.id,
-            OutboxMessage.channel == "email",
-            OutboxMessage.state.in_((OutboxState.held, OutboxState.pending)),
-        )
-        .values(state=OutboxState.failed, last_error=SUPERSEDED, body_text=None, body_html=None),
-    )
-    ended = _count(
-        session,
-        update(RecipientSession)
-        .where(
-            RecipientSession.share_id == share.id,
-            RecipientSession.signed_in_at.is_(None),
-            RecipientSession.ended_at.is_(None),
-        )
-        .values(ended_at=now),
-    )
     audit.record(
         session=session,
         event=audit.Ev.share_link_renewed,
@@ -89,8 +65,8 @@ def resend_share_email(
         study_uids=[s.study_uid for s in share.studies],
         details={
             "reason": "email sent again",
-            "unsent_mails_dropped": dropped,
-            "sessions_ended": ended,
+            "unsent_mails_dropped": _drop_unsent_mails(session, share),
+            "sessions_ended": _end_sessions_not_signed_in(session, share, now),
         },
     )
     return delivery.queue_share_email(
@@ -101,4 +77,32 @@ def resend_share_email(
         code=code,
         sender_domain=sender_domain,
         now=now,
+    )
+
+
+def _drop_unsent_mails(session: Session, share: Share) -> int:
+    """Unsent mails carry the old link: they are given up, their text forgotten."""
+    return _count(
+        session,
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.share_id == share.id,
+            OutboxMessage.channel == "email",
+            OutboxMessage.state.in_((OutboxState.held, OutboxState.pending)),
+        )
+        .values(state=OutboxState.failed, last_error=SUPERSEDED, body_text=None, body_html=None),
+    )
+
+
+def _end_sessions_not_signed_in(session: Session, share: Share, now: datetime) -> int:
+    """Browsers that opened the old link but did not sign in start again with the new one."""
+    return _count(
+        session,
+        update(RecipientSession)
+        .where(
+            RecipientSession.share_id == share.id,
+            RecipientSession.signed_in_at.is_(None),
+            RecipientSession.ended_at.is_(None),
+        )
+        .values(ended_at=now),
     )

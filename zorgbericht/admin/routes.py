@@ -15,10 +15,10 @@ from zorgbericht.admin.words import mask_email, mask_phone
 from zorgbericht.audit import service as audit
 from zorgbericht.db import utcnow
 from zorgbericht.deps import RuntimeDep, SessionDep
-from zorgbericht.errors import Invalid
+from zorgbericht.errors import Conflict, Invalid
 from zorgbericht.runtime import Runtime
 from zorgbericht.shares import service as shares
-from zorgbericht.shares.models import Share, ShareState
+from zorgbericht.shares.models import LIVE_STATES, Share, ShareState
 from zorgbericht.staff.routes import check_csrf, secret_key
 
 router = APIRouter(prefix="/admin", include_in_schema=False, route_class=AdminRoute)
@@ -166,16 +166,7 @@ def share_page(
         max_age=settings.recipient_max_age,
     )
     events = service.timeline(session=session, tenant_id=admin.tenant_id, share_id=share.id)
-    audit.record(
-        session=session,
-        event=audit.Ev.share_viewed,
-        actor=admin.actor,
-        tenant_id=admin.tenant_id,
-        patient_id=share.patient_id or details.trail_patient_id,
-        share_id=share.id,
-        study_uids=[s.study_uid for s in share.studies],
-        details={"page": "admin", "events": len(events)},
-    )
+    _record_view(session, admin, share, details, len(events))
     return page(
         request,
         admin,
@@ -195,6 +186,22 @@ def share_page(
     )
 
 
+def _record_view(
+    session: Session, admin: Admin, share: Share, details: service.Details, events: int
+) -> None:
+    """Who looked at this share's patient data and trail (after the purge: the trail's ID)."""
+    audit.record(
+        session=session,
+        event=audit.Ev.share_viewed,
+        actor=admin.actor,
+        tenant_id=admin.tenant_id,
+        patient_id=share.patient_id or details.trail_patient_id,
+        share_id=share.id,
+        study_uids=[s.study_uid for s in share.studies],
+        details={"page": "admin", "events": events},
+    )
+
+
 def _confirm(
     request: Request, admin: Admin, session: Session, share: Share, action: str
 ) -> Response:
@@ -209,7 +216,7 @@ def _confirm(
         state=shares.effective_state(share, now),
         allowed=resend.can_resend(share, now)
         if action == "resend"
-        else shares.effective_state(share, now) in (ShareState.pending, ShareState.ready),
+        else shares.effective_state(share, now) in LIVE_STATES,
         email=mask_email(share.email),
     )
 
@@ -234,7 +241,10 @@ def revoke(
     """Stop the share at once; a signed-in recipient's next request is refused."""
     check_csrf(request, runtime, csrf)
     share = shares.get_share(session=session, tenant_id=admin.tenant_id, share_id=share_id)
-    shares.revoke(session=session, share=share, actor=admin.actor, now=utcnow())
+    now = utcnow()
+    if shares.effective_state(share, now) not in LIVE_STATES:
+        raise Conflict("this share has ended already")
+    shares.revoke(session=session, share=share, actor=admin.actor, now=now)
     return RedirectResponse(f"/admin/shares/{share.id}?done=revoked", status_code=303)
 
 
