@@ -42,6 +42,7 @@ from zorgbericht.runtime import Runtime
 from zorgbericht.shares.models import Share
 from zorgbericht.staff import service as staff
 from zorgbericht.tenants import service as tenants
+from zorgbericht.web.texts import TEXTS
 
 pytestmark = [pytest.mark.peers, pytest.mark.parametrize("storage", ["file"], indirect=True)]
 R = "/api/v1/recipient"
@@ -273,6 +274,14 @@ def test_signed_out_visitors_are_sent_to_sign_in_and_staff_get_an_admins_only_pa
 def test_the_staff_navigation_links_to_the_admin_portal_for_admins_only(world: World) -> None:
     assert 'href="/admin"' in portal(world, ADMIN).get("/staff").text
     assert 'href="/admin"' not in portal(world, STAFF).get("/staff").text
+
+
+def test_every_trail_event_and_admin_text_has_dutch_and_english_words(
+    storage: dict[str, object],  # the module's parametrisation asks for it; unused
+) -> None:
+    assert set(TEXTS["nl"]) == set(TEXTS["en"])
+    missing = [e.event_name for e in audit.Ev if f"ev_{e.event_name}" not in TEXTS["nl"]]
+    assert missing == [], "the admin timeline names every event in words"
 
 
 def test_admin_pages_carry_no_inline_script_style_or_other_sites(world: World) -> None:

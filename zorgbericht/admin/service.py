@@ -61,7 +61,7 @@ def daily_activity(
             AuditEvent.tenant_id == tenant_id,
             AuditEvent.occurred_at >= day_start(first),
             AuditEvent.occurred_at < day_start(today + timedelta(days=1)),
-            AuditEvent.event.in_(measure_of),
+            AuditEvent.event.in_(list(measure_of)),
         )
     )
     for occurred_at, event in rows:
