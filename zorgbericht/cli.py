@@ -421,8 +421,8 @@ def audit_export(
             from datetime import UTC
 
             since = since.replace(tzinfo=UTC)
-        for chunk in audit.export(session=session, tenant_id=tenant_id, since=since, fmt=fmt):
-            sys.stdout.write(chunk)
+    for chunk in audit.export(sessions=runtime.sessions, tenant_id=tenant_id, since=since, fmt=fmt):
+        sys.stdout.write(chunk)
     with transaction(runtime.sessions) as session:
         audit.record(
             session=session,

@@ -78,8 +78,27 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 
 def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
     # Writers take the lock up front, so two transactions never both read and then
-    # fail to upgrade (SQLITE_BUSY_SNAPSHOT); SQLite serialises writers anyway.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # fail to upgrade (SQLITE_BUSY_SNAPSHOT); SQLite serialises writers anyway. A
+    # read-only transaction (see read_only) is a plain snapshot that blocks nobody.
+    read_only = conn.get_execution_options().get(READ_ONLY, False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+READ_ONLY = "zb_read_only"
+
+
+def read_only(session: Session) -> None:
+    """Begin the session's transaction as a read-only snapshot (no SQLite write lock).
+
+    Call it before the session's first statement: long reads (verify, export) then see
+    one consistent trail and never hold up the requests that write to it.
+    """
+    if session.in_transaction():
+        return  # already reading (and maybe writing) in the caller's transaction
+    options: dict[str, object] = {READ_ONLY: True}
+    if session.get_bind().dialect.name == "postgresql":
+        options |= {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+    session.connection(execution_options=options)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def run_once(runtime: Runtime, now: datetime | None = None) -> int:
     """Run every due job once; return how many studies became stable."""
-    now = now or utcnow()
+    given, now = now, now or utcnow()
     quiet = timedelta(seconds=runtime.settings.study_quiet_seconds)
     with transaction(runtime.sessions) as session:
         settled = staging.settle_studies(session=session, quiet=quiet, now=now)
@@ -48,7 +48,8 @@ def run_once(runtime: Runtime, now: datetime | None = None) -> int:
     delivery.send_due(
         sessions=runtime.sessions, mailer=runtime.mailer, sender=runtime.settings.mail_from, now=now
     )
-    atna.forward_due(sessions=runtime.sessions, settings=runtime.settings, now=now)
+    # Its lease counts from now, not from the run's start: the outbox may have taken long.
+    atna.forward_due(sessions=runtime.sessions, settings=runtime.settings, now=given or utcnow())
     return len(settled)
 
 

@@ -225,13 +225,15 @@ def test_a_tls_collector_refuses_us_without_a_client_certificate(
 
 
 def test_forwarding_starts_after_events_removed_by_retention(
-    runtime: Runtime, syslog_receiver: Receivers
+    runtime: Runtime, syslog_receiver: Receivers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    record_events(runtime, 3)
-    years_later = datetime.now(UTC) + timedelta(days=6 * 365)
+    years_ago = datetime.now(UTC) - timedelta(days=6 * 365)
+    with monkeypatch.context() as clock:  # the trail refuses updates: its clock moves instead
+        clock.setattr(audit, "utcnow", lambda: years_ago)
+        record_events(runtime, 3)
     with transaction(runtime.sessions) as session:
         removed = audit.prune(
-            session=session, now=years_later, retention=runtime.settings.audit_retention
+            session=session, now=datetime.now(UTC), retention=runtime.settings.audit_retention
         )
     assert removed == 4
     receiver = syslog_receiver()

@@ -281,9 +281,8 @@ def stream_export(
     fmt: str,
     share_id: int | None = None,
 ) -> Iterator[bytes]:
-    """The trail as it streams out, read in a session of its own (the request's has ended)."""
-    with sessions() as session:
-        for chunk in audit.export(
-            session=session, tenant_id=tenant_id, since=since, fmt=fmt, share_id=share_id
-        ):
-            yield chunk.encode()
+    """The trail as it streams out, read page by page in sessions of its own."""
+    for chunk in audit.export(
+        sessions=sessions, tenant_id=tenant_id, since=since, fmt=fmt, share_id=share_id
+    ):
+        yield chunk.encode()

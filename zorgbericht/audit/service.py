@@ -14,11 +14,11 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Row
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from zorgbericht.audit.models import AuditEvent, AuditHead
 from zorgbericht.bsn import is_valid_bsn, masked
-from zorgbericht.db import utcnow
+from zorgbericht.db import read_only, utcnow
 
 GENESIS = "0" * 64
 
@@ -253,10 +253,13 @@ def verify(*, session: Session, batch: int = 5000) -> ChainReport:
     After the retention job the chain starts past the removed rows: at the head's floor,
     which the newest ``audit.pruned`` event in the chain must confirm.
     """
-    head = session.get(AuditHead, 1)
-    floor_seq, floor_hash = (head.floor_seq, head.floor_hash) if head else (0, GENESIS)
+    read_only(session)  # one snapshot: writers meanwhile neither block nor confuse the walk
+    head = session.execute(select(_HEAD).where(_HEAD.c.id == 1)).one_or_none()
+    if head is None:
+        return ChainReport(0, 1, "the chain's head row is missing")
+    floor_seq, floor_hash = head.floor_seq, head.floor_hash
     expected_prev, expected_seq, checked = floor_hash, floor_seq + 1, 0
-    for row in _iter_rows(session, batch, after=floor_seq):
+    for row in _iter_rows(session, batch, after=floor_seq, until=head.seq):
         if row.seq != expected_seq:
             return ChainReport(checked, expected_seq, f"row {expected_seq} is missing")
         if row.prev_hash != expected_prev:
@@ -264,8 +267,7 @@ def verify(*, session: Session, batch: int = 5000) -> ChainReport:
         if row_hash(row) != row.hash:
             return ChainReport(checked, row.seq, "content does not match its hash")
         expected_prev, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
-    last = expected_seq - 1
-    if head is not None and (head.seq != last or head.last_hash != expected_prev):
+    if head.seq != expected_seq - 1 or head.last_hash != expected_prev:
         return ChainReport(checked, expected_seq, "rows after this point were removed")
     if floor_seq and not _floor_confirmed(session, floor_seq, floor_hash):
         return ChainReport(
@@ -295,7 +297,7 @@ def prune(*, session: Session, now: datetime, retention: timedelta, limit: int =
     The head row is locked first, so one job prunes at a time and writers queue behind it.
     The floor moves before the delete: the database refuses deletes above the floor.
     """
-    cutoff = now - retention
+    cutoff = min(now, utcnow()) - retention  # the database refuses younger rows anyway
     span = _prunable(session, cutoff, limit)
     if span is None:
         return 0
@@ -352,12 +354,15 @@ def _prunable(session: Session, cutoff: datetime, limit: int) -> tuple[int, Audi
     return floor, last
 
 
-def _iter_rows(session: Session, batch: int, after: int = 0) -> Iterator[Row[Any]]:
+def _iter_rows(session: Session, batch: int, after: int, until: int) -> Iterator[Row[Any]]:
     """Rows in chain order, as plain rows (no ORM objects: verify reads millions)."""
     last = after
     while True:
         rows = session.execute(
-            select(_EVENTS).where(_EVENTS.c.seq > last).order_by(_EVENTS.c.seq).limit(batch)
+            select(_EVENTS)
+            .where(_EVENTS.c.seq > last, _EVENTS.c.seq <= until)
+            .order_by(_EVENTS.c.seq)
+            .limit(batch)
         ).all()
         if not rows:
             return
@@ -367,14 +372,19 @@ def _iter_rows(session: Session, batch: int, after: int = 0) -> Iterator[Row[Any
 
 def export(
     *,
-    session: Session,
+    sessions: sessionmaker[Session],
     tenant_id: int | None,
     since: datetime | None,
     fmt: str,
     share_id: int | None = None,
+    page: int = 1000,
 ) -> Iterator[str]:
-    """Yield the trail (or one share's part of it) as JSON lines or CSV text, oldest first."""
-    query = select(_EVENTS).order_by(_EVENTS.c.seq)
+    """Yield the trail (or one share's part of it) as JSON lines or CSV text, oldest first.
+
+    Read in pages, each in a short read-only transaction of its own: a slow download of a
+    long trail never holds a transaction (or SQLite's lock) open while the client reads.
+    """
+    query = select(_EVENTS).order_by(_EVENTS.c.seq).limit(page)
     if tenant_id is not None:
         query = query.where(_EVENTS.c.tenant_id == tenant_id)
     if share_id is not None:
@@ -383,18 +393,27 @@ def export(
         query = query.where(_EVENTS.c.occurred_at >= since)
     columns = [*_HASHED_FIELDS, "prev_hash", "hash"]
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(columns)
-        yield buffer.getvalue()
-    for row in session.execute(query.execution_options(yield_per=1000)):
-        data = {**_canonical(row), "prev_hash": row.prev_hash, "hash": row.hash}
-        if fmt == "csv":
-            buffer = io.StringIO()
-            csv.writer(buffer).writerow(
-                json.dumps(data[c]) if isinstance(data[c], list | dict) else data[c]
-                for c in columns
-            )
-            yield buffer.getvalue()
-        else:
-            yield json.dumps(data, sort_keys=True, default=str) + "\n"
+        yield _csv_line(columns)
+    last = 0
+    while True:
+        with sessions() as session:
+            read_only(session)
+            rows = session.execute(query.where(_EVENTS.c.seq > last)).all()
+        if not rows:
+            return
+        for row in rows:
+            data = {**_canonical(row), "prev_hash": row.prev_hash, "hash": row.hash}
+            if fmt == "csv":
+                yield _csv_line(
+                    json.dumps(data[c]) if isinstance(data[c], list | dict) else data[c]
+                    for c in columns
+                )
+            else:
+                yield json.dumps(data, sort_keys=True, default=str) + "\n"
+        last = rows[-1].seq
+
+
+def _csv_line(values: Iterable[object]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(values)
+    return buffer.getvalue()
