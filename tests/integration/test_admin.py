@@ -17,7 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.integration.recipient_flow import (
     BIRTH_DATE,
@@ -27,6 +27,7 @@ from tests.integration.recipient_flow import (
     csrf,
     open_to_birth_date,
     sign_in,
+    sms_messages,
 )
 from tests.integration.test_shares import stage
 from tests.routes import app_routes
@@ -38,6 +39,7 @@ from zorgbericht.audit.models import AuditEvent
 from zorgbericht.bsn import is_valid_bsn
 from zorgbericht.db import transaction, utcnow
 from zorgbericht.delivery.models import OutboxMessage
+from zorgbericht.recipients.models import RecipientSession
 from zorgbericht.runtime import Runtime
 from zorgbericht.shares.models import Share
 from zorgbericht.staff import service as staff
@@ -611,6 +613,31 @@ def test_resend_mails_a_new_link_and_the_old_link_stops_working(world: World) ->
     assert renewed.actor_id == f"staff:{world.admin_id}"
     assert renewed.details["sessions_ended"] == 1 and renewed.details["unsent_mails_dropped"] == 0
     assert old not in json.dumps(renewed.details) and new not in json.dumps(renewed.details)
+
+
+def test_a_session_of_the_old_link_that_survived_the_resend_goes_no_further(
+    world: World,
+) -> None:
+    share_id, old = _mailed_share(world)
+    before_date, before_code = visitor(world), visitor(world)
+    open_to_birth_date(before_date, old)
+    open_to_birth_date(before_code, old)
+    answer = before_code.post(
+        f"{R}/birth-date", json={"birth_date": BIRTH_DATE}, headers=csrf(before_code)
+    )
+    assert answer.status_code == 200
+    sms_before = len(sms_messages(world.rt))
+    admin = portal(world, ADMIN)
+    admin.post(f"/admin/shares/{share_id}/resend", data={"csrf": token(world, admin)})
+    with transaction(world.rt.sessions) as db:  # as if opened while the renewal committed
+        db.execute(update(RecipientSession).values(ended_at=None))
+    wrong = before_date.post(
+        f"{R}/birth-date", json={"birth_date": BIRTH_DATE}, headers=csrf(before_date)
+    )
+    assert wrong.status_code == 400  # the right date: answered as for an unknown code
+    code = before_code.post(f"{R}/sms-code", json={"code": "123456"}, headers=csrf(before_code))
+    assert code.status_code == 410
+    assert len(sms_messages(world.rt)) == sms_before
 
 
 def test_resend_of_a_pending_share_replaces_its_held_mail(world: World, tmp_path: Path) -> None:

@@ -153,10 +153,22 @@ def accept_terms(*, session: Session, gate: Gate, row: RecipientSession) -> None
 
 
 def _locked_share(session: Session, row: RecipientSession) -> Share | None:
-    """The session's share under a row lock: counters and SMS quota change one at a time."""
+    """The session's share under a row lock: counters and SMS quota change one at a time.
+
+    A session opened with a link code that has since been renewed (an admin resent the
+    mail) goes no further: before the birth date it becomes a session of an unknown code,
+    after it the link has ended. Renewing ends such sessions too; this closes the race
+    with a session opened while the renewal was being committed.
+    """
     if row.share_id is None:
         return None
-    return session.scalar(select(Share).where(Share.id == row.share_id).with_for_update())
+    share = session.scalar(select(Share).where(Share.id == row.share_id).with_for_update())
+    if share is not None and row.signed_in_at is None and share.code_hmac != row.code_hmac:
+        if row.birth_date_ok_at is None:
+            row.share_id = None
+            return None
+        raise Gone(ENDED_MESSAGE, reason="renewed")
+    return share
 
 
 def _count_failure(count: int, last: datetime | None, now: datetime) -> int:
