@@ -494,6 +494,7 @@ def demo(
 zorgbericht demo is running
   web app        http://{host}:{port}/healthz   API docs http://{host}:{port}/api/docs
   public URL     {public}
+  staff portal   http://{host}:{port}/staff/login   admin portal http://{host}:{port}/admin
   admin account  {email}  password {password}
   API key        {key}
   try            curl -H 'Authorization: Bearer {key}' http://{host}:{port}/api/v1/studies
