@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from infra.peers import free_port, wait_for_port
 from tests.integration.recipient_flow import (
     create_link,
     csrf,
@@ -23,6 +20,7 @@ from tests.integration.recipient_flow import (
     sign_in,
 )
 from tests.integration.test_shares import stage
+from tests.web import SHOTS, chromium, live_server
 from zorgbericht import worker
 from zorgbericht.app import create_app
 from zorgbericht.audit import service as audit
@@ -34,17 +32,6 @@ pytestmark = [
     pytest.mark.peers,
     pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
     pytest.mark.parametrize("storage", ["file"], indirect=True),
-]
-SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screens"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
 ]
 ADMIN, STAFF, PASSWORD = "beheer@acme.nl", "radioloog@acme.nl", "correct horse battery"
 DESKTOP = {"viewport": {"width": 1280, "height": 800}}
@@ -142,29 +129,14 @@ def portal(runtime: Runtime, tenant_id: int, tmp_path: Path) -> Iterator[Portal]
         key = tenants.create_api_key(session=db, tenant=tenant, label="PACS Sectra")[0]
     _history(runtime, tenant_id)
     mailed, locked, signed = _activity(runtime, tenant_id, key, tmp_path / "study")
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(runtime=runtime), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port(port)
-    yield Portal(f"http://127.0.0.1:{port}", runtime, mailed, locked, signed)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(runtime) as url:
+        yield Portal(url, runtime, mailed, locked, signed)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def _context(browser: Browser, size: dict[str, object]) -> BrowserContext:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -16,9 +15,8 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-import uvicorn
 from fpdf import FPDF
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -32,10 +30,9 @@ from pydicom.uid import (
 from dicom_ingest.importer import import_path
 from dicom_ingest.pipeline import Pipeline
 from dicom_ingest.synthetic import phantom_slice, write_study
-from infra.peers import free_port, wait_for_port
 from tests.integration.test_shares import PATIENT
+from tests.web import SHOTS, chromium, live_server
 from zorgbericht import worker
-from zorgbericht.app import create_app
 from zorgbericht.audit import service as audit
 from zorgbericht.db import transaction
 from zorgbericht.runtime import Runtime
@@ -46,17 +43,6 @@ pytestmark = [
     pytest.mark.peers,
     pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),
     pytest.mark.parametrize("storage", ["file"], indirect=True),
-]
-SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screens"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
 ]
 DESKTOP = {"viewport": {"width": 1280, "height": 800}}
 PHONE = {
@@ -191,18 +177,8 @@ def site(runtime: Runtime, tenant_id: int) -> Iterator[Site]:
     with transaction(runtime.sessions) as db:
         tenant = tenants.get_tenant(session=db, slug="acme")
         key = tenants.create_api_key(session=db, tenant=tenant, label="pacs")[0]
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(runtime=runtime), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port(port)
-    yield Site(f"http://127.0.0.1:{port}", runtime, tenant_id, key)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(runtime) as url:
+        yield Site(url, runtime, tenant_id, key)
 
 
 @pytest.fixture
@@ -212,13 +188,8 @@ def study_uid(site: Site, tmp_path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def new_page(browser: Browser, size: dict[str, object], locale: str = "nl-NL") -> Page:

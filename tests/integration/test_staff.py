@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import func, select
 
-from infra.peers import free_port, wait_for_port
 from tests.integration.test_shares import stage
-from zorgbericht.app import create_app
+from tests.web import SHOTS, chromium, live_server
 from zorgbericht.audit.models import AuditEvent
 from zorgbericht.db import transaction
 from zorgbericht.runtime import Runtime
@@ -25,17 +22,6 @@ from zorgbericht.staff import service as staff
 from zorgbericht.tenants import service as tenants
 
 pytestmark = pytest.mark.peers
-SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screens"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 EMAIL, PASSWORD = "radioloog@acme.nl", "correct horse battery"
 
 
@@ -60,29 +46,14 @@ def portal(runtime: Runtime, tenant_id: int, tmp_path: Path) -> Iterator[Portal]
             name="R. Radioloog",
         )
     uid = stage(runtime, tenant_id, tmp_path / "s")
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(runtime=runtime), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port(port)
-    yield Portal(f"http://127.0.0.1:{port}", runtime, uid)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_server(runtime) as url:
+        yield Portal(url, runtime, uid)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def sign_in(page: Page, portal: Portal) -> None:

@@ -274,6 +274,12 @@ def test_every_route_has_an_isolation_probe_or_a_reason_it_needs_none(app: FastA
     assert {r for r in app_routes(app) if not r[1].startswith("/admin")} == covered
 
 
-@pytest.mark.parametrize("route", sorted(PROBES), ids=" ".join)
-def test_another_institution_is_out_of_reach(world: World, route: tuple[str, str]) -> None:
-    PROBES[route](world)
+def test_another_institution_is_out_of_reach_on_every_route(world: World) -> None:
+    """One world per database, every probe against it (none of them changes anything)."""
+    failures = {}
+    for route, probe in sorted(PROBES.items()):
+        try:
+            probe(world)
+        except AssertionError as exc:
+            failures[" ".join(route)] = str(exc)[:400]
+    assert failures == {}

@@ -15,7 +15,8 @@ from zorgbericht.audit.models import AuditEvent
 from zorgbericht.db import transaction, utcnow
 from zorgbericht.runtime import Runtime
 
-pytestmark = pytest.mark.peers  # runs on SQLite and on the PostgreSQL peer
+# SQLite and the PostgreSQL peer; the object store plays no part in the trail.
+pytestmark = [pytest.mark.peers, pytest.mark.parametrize("storage", ["file"], indirect=True)]
 
 
 def _write(runtime: Runtime, n: int) -> None:

@@ -222,19 +222,7 @@ def _send_one(
     if state != ShareState.ready:
         message.state, message.last_error = OutboxState.failed, f"share is {state}"
         _blank(message)
-        audit.record(
-            session=session,
-            event=audit.Ev.mail_failed,
-            actor=audit.SYSTEM,
-            tenant_id=message.tenant_id,
-            share_id=message.share_id,
-            outcome=audit.Outcome.minor_failure,
-            details={
-                "outbox_id": message.id,
-                "attempts": message.attempts,
-                "reason": message.last_error,
-            },
-        )
+        _record_failure(session, message)
         return 0
     tenant = session.get(Tenant, message.tenant_id)
     assert tenant is not None
@@ -267,6 +255,20 @@ def _retry_later(session: Session, message: OutboxMessage, reason: str, now: dat
     message.last_error = reason[:255]
     delay = min(30 * 2 ** (message.attempts - 1), 3600)
     message.next_attempt_at = now + timedelta(seconds=delay)
+    _record_failure(
+        session, message, retry_at=message.next_attempt_at.isoformat(timespec="seconds")
+    )
+    log.warning(
+        "mail %d not sent (%s); attempt %d, next in %ds",
+        message.id,
+        reason,
+        message.attempts,
+        delay,
+    )
+
+
+def _record_failure(session: Session, message: OutboxMessage, **details: object) -> None:
+    """Audit a mail that did not go out (given up, or to be tried again at ``retry_at``)."""
     audit.record(
         session=session,
         event=audit.Ev.mail_failed,
@@ -278,15 +280,8 @@ def _retry_later(session: Session, message: OutboxMessage, reason: str, now: dat
             "outbox_id": message.id,
             "attempts": message.attempts,
             "reason": message.last_error,
-            "retry_at": message.next_attempt_at.isoformat(timespec="seconds"),
+            **details,
         },
-    )
-    log.warning(
-        "mail %d not sent (%s); attempt %d, next in %ds",
-        message.id,
-        reason,
-        message.attempts,
-        delay,
     )
 
 
