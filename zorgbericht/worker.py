@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from zorgbericht.audit import atna
 from zorgbericht.audit import service as audit
-from zorgbericht.db import transaction, utcnow
+from zorgbericht.db import read_only, transaction, utcnow
 from zorgbericht.delivery import service as delivery
 from zorgbericht.recipients import gate
 from zorgbericht.runtime import Runtime
@@ -41,8 +41,13 @@ def run_once(runtime: Runtime, now: datetime | None = None) -> int:
         report = purge(session=session, store=runtime.store, settings=runtime.settings, now=now)
     with transaction(runtime.sessions) as session:
         gate.forget_stale(session=session, now=now, max_age=runtime.settings.recipient_max_age)
-    with transaction(runtime.sessions) as session:
-        audit.prune(session=session, now=now, retention=runtime.settings.audit_retention)
+    retention = runtime.settings.audit_retention
+    with runtime.sessions() as session:  # checked in a read snapshot: no SQLite write lock
+        read_only(session)
+        due = audit.retention_due(session=session, now=now, retention=retention)
+    if due:
+        with transaction(runtime.sessions) as session:
+            audit.prune(session=session, now=now, retention=retention)
     if report.expired or report.shares_purged or report.studies_purged:
         log.info("purge: %s", report)
     delivery.send_due(

@@ -328,13 +328,19 @@ def prune(*, session: Session, now: datetime, retention: timedelta, limit: int =
     return removed
 
 
-def _prunable(session: Session, cutoff: datetime, limit: int) -> tuple[int, AuditEvent] | None:
-    """The current floor and the last row to remove, under the chain's lock; None if none."""
+def retention_due(*, session: Session, now: datetime, retention: timedelta) -> bool:
+    """Whether the oldest event is past retention (two key lookups; no lock needed)."""
+    cutoff = min(now, utcnow()) - retention
     floor = session.scalar(select(AuditHead.floor_seq).where(AuditHead.id == 1))
     oldest = session.scalar(
         select(AuditEvent.occurred_at).where(AuditEvent.seq == (floor or 0) + 1)
     )
-    if oldest is None or oldest >= cutoff:
+    return oldest is not None and oldest < cutoff
+
+
+def _prunable(session: Session, cutoff: datetime, limit: int) -> tuple[int, AuditEvent] | None:
+    """The current floor and the last row to remove, under the chain's lock; None if none."""
+    if not retention_due(session=session, now=cutoff, retention=timedelta(0)):
         return None  # the usual answer, found without taking the chain's lock
     head = session.scalar(select(AuditHead).where(AuditHead.id == 1).with_for_update())
     assert head is not None
